@@ -1,0 +1,295 @@
+"""The ``napari-uad`` command.
+
+``restore`` runs a method over scans and writes NIfTI outputs on each input's grid, ``evaluate``
+scores anomaly maps against truth masks, ``models`` lists installed models, ``demo`` opens the
+sample scan in napari (or, without a display, runs the pipeline on it and writes a figure).
+Bad input ends with a one-line error and exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from pathlib import Path
+
+from . import __version__
+
+EXIT_BAD_INPUT = 2
+
+
+class UsageError(Exception):
+    """A problem with the user's input: reported in one line, exit code 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .methods import METHOD_NAMES
+
+    parser = argparse.ArgumentParser(
+        prog="napari-uad",
+        description="Unsupervised anomaly detection in brain MRI with diffusion models.",
+    )
+    parser.add_argument("--version", action="version", version=f"napari-uad {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    restore = commands.add_parser(
+        "restore", help="pseudo-healthy image, anomaly map and lesion mask for scans"
+    )
+    restore.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI scans (.nii, .nii.gz)")
+    restore.add_argument("--method", required=True, choices=METHOD_NAMES)
+    restore.add_argument("--model", help="model name or checkpoint folder (default: shipped)")
+    restore.add_argument("--noise", choices=("gaussian", "simplex"))
+    restore.add_argument("--noise-level", type=int, metavar="T", help="timestep to noise to")
+    restore.add_argument("--steps", type=int, metavar="N", help="denoising steps (NFE)")
+    restore.add_argument("--eta", type=float, help="0: DDIM (deterministic), 1: DDPM")
+    restore.add_argument("--smoothing", type=int, help="median filter size for the map (0: off)")
+    restore.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
+    restore.add_argument("--seed", type=int, default=0)
+    restore.add_argument(
+        "--brain-mask",
+        action="append",
+        metavar="PATH|auto",
+        help="brain mask per input (repeat for several inputs); 'auto' estimates it",
+    )
+    restore.add_argument("--threshold", default="auto", metavar="auto|VALUE")
+    restore.add_argument("--min-size", type=int, default=0, help="smallest lesion in voxels")
+    restore.add_argument("--batch-size", type=int, default=8)
+    restore.add_argument("--out", required=True, type=Path, metavar="DIR")
+    restore.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+    evaluate = commands.add_parser("evaluate", help="metrics of anomaly maps against truth masks")
+    evaluate.add_argument("maps", nargs="+", metavar="ANOMALY", help="anomaly map NIfTI files")
+    evaluate.add_argument("--truth", action="append", required=True, metavar="PATH",
+                          help="truth mask per map (repeat, same order)")
+    evaluate.add_argument("--brain-mask", action="append", metavar="PATH",
+                          help="restrict to the brain (repeat per map); default: map > 0 region "
+                          "is not assumed, all voxels count")
+    evaluate.add_argument("--threshold", metavar="auto|VALUE", default="auto",
+                          help="threshold for Dice; 'auto' reads it from <stem>.json beside the map")
+    evaluate.add_argument("--json", type=Path, metavar="PATH", help="also write metrics as JSON")
+
+    commands.add_parser("models", help="list installed models")
+
+    demo = commands.add_parser("demo", help="open the sample scan in napari and detect anomalies")
+    demo.add_argument("--no-gui", action="store_true",
+                      help="run the pipeline on the sample and write outputs and a PNG figure")
+    demo.add_argument("--out", type=Path, default=Path("napari-uad-demo"), metavar="DIR")
+    demo.add_argument("--device", default="auto")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``napari-uad`` command; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"restore": _restore, "evaluate": _evaluate, "models": _models, "demo": _demo}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            warnings.formatwarning = _format_warning
+            return handlers[args.command](args) or 0
+    except KeyboardInterrupt:
+        print("napari-uad: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - known input errors become one line
+        if not _is_input_error(error):
+            raise
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"napari-uad: error: {message}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+def _is_input_error(error: Exception) -> bool:
+    from .io import InputError
+    from .models.checkpoint import CheckpointError
+
+    return isinstance(error, (UsageError, InputError, CheckpointError, ValueError, OSError))
+
+
+def _format_warning(message, category, filename, lineno, line=None):
+    return f"napari-uad: warning: {message}\n"
+
+
+def _restore(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .io import nifti_stem, read_mask, read_scan, write_nifti
+    from .io.atomic import atomic_write_text
+    from .pipeline import detect
+
+    masks = args.brain_mask or []
+    if masks and len(masks) not in (1, len(args.inputs)) or (
+        len(masks) == 1 and len(args.inputs) > 1 and masks[0] != "auto"
+    ):
+        raise UsageError("give one --brain-mask per input (or 'auto')")
+    if args.batch_size < 1:
+        raise UsageError("--batch-size must be >= 1")
+    stems = [nifti_stem(path) for path in args.inputs]
+    if len(set(stems)) != len(stems):
+        raise UsageError("two inputs share a file name; their outputs would collide")
+    args.out.mkdir(parents=True, exist_ok=True)
+    params = {
+        "noise": args.noise,
+        "noise_level": args.noise_level,
+        "steps": args.steps,
+        "eta": args.eta,
+        "smoothing": args.smoothing,
+    }
+    params = {k: v for k, v in params.items() if v is not None}
+    for index, (path, stem) in enumerate(zip(args.inputs, stems, strict=True)):
+        outputs = {
+            "healthy": args.out / f"{stem}_healthy.nii.gz",
+            "anomaly": args.out / f"{stem}_anomaly.nii.gz",
+            "mask": args.out / f"{stem}_mask.nii.gz",
+            "provenance": args.out / f"{stem}.json",
+        }
+        existing = [p.name for p in outputs.values() if p.exists()]
+        if existing and not args.overwrite:
+            raise UsageError(f"{existing[0]} exists in {args.out}; pass --overwrite to replace")
+        scan = read_scan(path)
+        mask_arg = masks[index] if len(masks) == len(args.inputs) else (masks[0] if masks else None)
+        brain_mask = None if mask_arg in (None, "auto") else read_mask(mask_arg, like=scan)
+        bar = tqdm(total=None, desc=f"{stem} ({args.method})", unit="step", leave=True)
+
+        def progress(update, bar=bar):
+            bar.total = update.total
+            bar.n = update.done
+            bar.refresh()
+
+        try:
+            result = detect(
+                scan,
+                method=args.method,
+                model=args.model,
+                brain_mask=brain_mask,
+                device=args.device,
+                seed=args.seed,
+                batch_size=args.batch_size,
+                threshold=args.threshold,
+                min_size=args.min_size,
+                progress=progress,
+                **params,
+            )
+        finally:
+            bar.close()
+        write_nifti(outputs["healthy"], result.healthy, like=scan)
+        write_nifti(outputs["anomaly"], result.anomaly, like=scan)
+        write_nifti(outputs["mask"], result.lesion_mask, like=scan, dtype="uint8")
+        provenance = {
+            "input": str(Path(path).resolve()),
+            "input_shape": list(scan.shape),
+            "outputs": {k: v.name for k, v in outputs.items() if k != "provenance"},
+            **result.provenance,
+        }
+        atomic_write_text(outputs["provenance"], json.dumps(provenance, indent=2) + "\n")
+        summary = result.provenance["lesions"]
+        print(
+            f"{stem}: {summary['count']} lesion(s), {summary['total_volume_ml']:.2f} mL at "
+            f"threshold {result.threshold:.4g}; {result.provenance['timings']['restore_s']:.1f} s "
+            f"-> {args.out}"
+        )
+    return 0
+
+
+def _evaluate(args) -> int:
+    import numpy as np
+
+    from .io import nifti_stem, read_mask, read_scan
+    from .io.atomic import atomic_write_text
+    from .metrics import evaluate
+
+    if len(args.truth) != len(args.maps):
+        raise UsageError(f"got {len(args.maps)} maps but {len(args.truth)} --truth masks")
+    if args.brain_mask and len(args.brain_mask) != len(args.maps):
+        raise UsageError("give one --brain-mask per map")
+    rows = []
+    pooled_scores, pooled_truth = [], []
+    for index, (map_path, truth_path) in enumerate(zip(args.maps, args.truth, strict=True)):
+        anomaly = read_scan(map_path)
+        truth = read_mask(truth_path, like=anomaly)
+        region = (
+            read_mask(args.brain_mask[index], like=anomaly)
+            if args.brain_mask
+            else np.ones(truth.shape, dtype=bool)
+        )
+        threshold = _evaluation_threshold(args.threshold, Path(map_path))
+        metrics = evaluate(anomaly.data, truth, mask=region, threshold=threshold)
+        rows.append({"map": nifti_stem(map_path), **metrics})
+        pooled_scores.append(anomaly.data[region])
+        pooled_truth.append(truth[region])
+    if len(rows) > 1:
+        scores = np.concatenate(pooled_scores)
+        truth = np.concatenate(pooled_truth)
+        rows.append({"map": "pooled", **evaluate(scores, truth)})
+    _print_table(rows, ["map", "auroc", "ap", "best_dice", "best_threshold",
+                        "dice_at_threshold"])
+    if args.json:
+        atomic_write_text(args.json, json.dumps(rows, indent=2) + "\n")
+    return 0
+
+
+def _evaluation_threshold(value: str, map_path: Path) -> float | None:
+    if value != "auto":
+        try:
+            return float(value)
+        except ValueError:
+            raise UsageError(f"--threshold must be 'auto' or a number, got {value!r}") from None
+    stem = map_path.name.split(".")[0].removesuffix("_anomaly")
+    sidecar = map_path.with_name(f"{stem}.json")
+    if sidecar.is_file():
+        try:
+            return float(json.loads(sidecar.read_text())["parameters"]["threshold"])
+        except (KeyError, ValueError, TypeError, json.JSONDecodeError):
+            return None
+    return None
+
+
+def _print_table(rows: list[dict], columns: list[str]) -> None:
+    columns = [c for c in columns if any(c in row for row in rows)]
+    cells = [[_fmt(row.get(c)) for c in columns] for row in rows]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
+    for row in cells:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+
+
+def _fmt(value) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def _models(args) -> int:
+    from .models.registry import list_models, user_models_dir
+
+    models = list_models()
+    if not models:
+        print(f"no models installed (user folder: {user_models_dir()})")
+        return 0
+    rows = [
+        {"name": m.name, "method": m.method, "noise": m.noise, "grid": m.grid,
+         "size_mb": f"{m.size_mb:.1f}", "source": m.source, "path": str(m.path)}
+        for m in models
+    ]
+    _print_table(rows, ["name", "method", "noise", "grid", "size_mb", "source", "path"])
+    return 0
+
+
+def _demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(out=args.out, gui=not args.no_gui and _has_display(), device=args.device)
+
+
+def _has_display() -> bool:
+    if sys.platform.startswith("linux"):
+        return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+    return True
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""Checkpoint folders: ``config.json`` + ``model.safetensors`` (weights only, never pickle)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from ..io.atomic import atomic_write, atomic_write_text
+from .config import ModelConfig
+from .unet import UNet
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+_PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be used; the message says why in one line."""
+
+
+def save_checkpoint(
+    folder, model: UNet, config: ModelConfig, *, half: bool = False
+) -> Path:
+    """Write ``config.json`` and ``model.safetensors`` into ``folder`` atomically.
+
+    Parameters
+    ----------
+    folder : path
+        Created if needed; existing files of the same names are replaced.
+    model : UNet
+    config : ModelConfig
+    half : bool
+        Store the weights as float16 (half the size; loaded back as float32).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    tensors = {
+        key: (value.half() if half and value.is_floating_point() else value)
+        .detach()
+        .cpu()
+        .contiguous()
+        for key, value in model.state_dict().items()
+    }
+    atomic_write(folder / WEIGHTS_NAME, lambda path: save_file(tensors, path))
+    atomic_write_text(folder / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
+    return folder
+
+
+def load_config(folder) -> ModelConfig:
+    """Read and validate a checkpoint's ``config.json``."""
+    folder = _checkpoint_folder(folder)
+    try:
+        data = json.loads((folder / CONFIG_NAME).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"cannot read {folder / CONFIG_NAME}: {error}") from None
+    try:
+        return ModelConfig.from_dict(data)
+    except ValueError as error:
+        raise CheckpointError(f"{folder / CONFIG_NAME}: {error}") from None
+
+
+def load_checkpoint(folder, *, device="cpu") -> tuple[UNet, ModelConfig]:
+    """Load a model from a checkpoint folder, checking the weights against the config.
+
+    Returns
+    -------
+    model : UNet in eval mode, float32, on ``device``
+    config : ModelConfig
+    """
+    folder = _checkpoint_folder(folder)
+    config = load_config(folder)
+    model = UNet(config.unet)
+    try:
+        tensors = load_file(str(folder / WEIGHTS_NAME))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise CheckpointError(f"{folder / WEIGHTS_NAME} is not a valid safetensors file: {error}")
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(tensors))
+    unexpected = sorted(set(tensors) - set(expected))
+    if missing or unexpected:
+        raise CheckpointError(
+            f"weights in {folder} do not match its config.json "
+            f"({len(missing)} missing, {len(unexpected)} unexpected tensors)"
+        )
+    for key, value in tensors.items():
+        if value.shape != expected[key].shape:
+            raise CheckpointError(
+                f"weights in {folder} do not match its config.json: {key} has shape "
+                f"{tuple(value.shape)}, expected {tuple(expected[key].shape)}"
+            )
+        if value.is_floating_point() and not torch.isfinite(value).all():
+            raise CheckpointError(f"weights in {folder} contain NaN or Inf ({key})")
+    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+    return model.eval().to(device), config
+
+
+def _checkpoint_folder(folder) -> Path:
+    folder = Path(folder)
+    if folder.suffix.lower() in _PICKLE_SUFFIXES:
+        raise CheckpointError(
+            f"{folder.name}: pickle checkpoints are not loaded (they can run code); "
+            "use a folder with config.json and model.safetensors"
+        )
+    if folder.is_file():
+        if folder.name in (CONFIG_NAME, WEIGHTS_NAME):
+            folder = folder.parent
+        else:
+            raise CheckpointError(
+                f"{folder}: a model is a folder with config.json and model.safetensors"
+            )
+    if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
+        raise CheckpointError(f"{folder}: no config.json and model.safetensors found there")
+    return folder

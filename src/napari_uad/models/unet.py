@@ -1,0 +1,214 @@
+"""A compact time-conditioned UNet for 2-D slices (after Ho et al. 2020 and lucidrains'
+denoising-diffusion-pytorch): residual blocks with GroupNorm and SiLU, sinusoidal time embedding,
+self-attention at the coarse levels only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Architecture of :class:`UNet`; stored in every checkpoint's ``config.json``.
+
+    Parameters
+    ----------
+    in_channels, out_channels : int
+    base_channels : int
+        Width of the first level; level i has ``base_channels * channel_mults[i]`` channels.
+    channel_mults : tuple of int
+        One entry per resolution level; each level after the first halves the resolution.
+    num_res_blocks : int
+        Residual blocks per level.
+    attention_levels : tuple of bool
+        Whether each level has self-attention (keep it to the coarse levels on CPU).
+    groups : int
+        GroupNorm groups.
+    dropout : float
+    """
+
+    in_channels: int = 1
+    out_channels: int = 1
+    base_channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2, 4, 4)
+    num_res_blocks: int = 1
+    attention_levels: tuple[bool, ...] = (False, False, False, True)
+    groups: int = 8
+    dropout: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        object.__setattr__(self, "channel_mults", tuple(int(m) for m in self.channel_mults))
+        object.__setattr__(self, "attention_levels", tuple(bool(a) for a in self.attention_levels))
+        if len(self.attention_levels) != len(self.channel_mults):
+            raise ValueError("attention_levels needs one entry per channel_mults entry")
+        for mult in self.channel_mults:
+            if (self.base_channels * mult) % self.groups:
+                raise ValueError("every level's width must be divisible by groups")
+
+    @property
+    def downsampling_factor(self) -> int:
+        """Input sides must be multiples of this."""
+        return 2 ** (len(self.channel_mults) - 1)
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["channel_mults"] = list(self.channel_mults)
+        data["attention_levels"] = list(self.attention_levels)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict) -> UNetConfig:
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown UNet settings: {sorted(unknown)}")
+        return cls(**data)
+
+
+def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
+    """Sinusoidal embedding of (B,) timesteps into (B, dim) (Vaswani et al. 2017)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(max_period) * torch.arange(half, device=t.device) / half)
+    args = t.float()[:, None] * freqs[None]
+    return torch.cat([torch.sin(args), torch.cos(args)], dim=-1)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels_in, channels_out, time_dim, *, groups, dropout):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(groups, channels_in)
+        self.conv1 = nn.Conv2d(channels_in, channels_out, 3, padding=1)
+        self.time = nn.Linear(time_dim, channels_out * 2)
+        self.norm2 = nn.GroupNorm(groups, channels_out)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(channels_out, channels_out, 3, padding=1)
+        self.skip = (
+            nn.Conv2d(channels_in, channels_out, 1) if channels_in != channels_out else nn.Identity()
+        )
+
+    def forward(self, x, emb):
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.time(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        h = self.conv2(self.dropout(F.silu(h)))
+        return h + self.skip(x)
+
+
+class Attention(nn.Module):
+    def __init__(self, channels, *, groups, heads=4):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.GroupNorm(groups, channels)
+        self.qkv = nn.Conv2d(channels, channels * 3, 1)
+        self.out = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        q, k, v = self.qkv(self.norm(x)).reshape(b, 3, self.heads, c // self.heads, h * w).unbind(1)
+        attended = F.scaled_dot_product_attention(
+            q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2)
+        )
+        return x + self.out(attended.transpose(-1, -2).reshape(b, c, h, w))
+
+
+class UNet(nn.Module):
+    """Time-conditioned UNet: ``model(x, t)`` with x (B, C, H, W) and t (B,) integer timesteps.
+
+    H and W must be multiples of ``config.downsampling_factor``.
+    """
+
+    def __init__(self, config: UNetConfig | None = None):
+        super().__init__()
+        self.config = config = config or UNetConfig()
+        widths = [config.base_channels * m for m in config.channel_mults]
+        time_dim = config.base_channels * 4
+        block = dict(groups=config.groups, dropout=config.dropout)
+
+        self.time_mlp = nn.Sequential(
+            nn.Linear(config.base_channels, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim)
+        )
+        self.stem = nn.Conv2d(config.in_channels, widths[0], 3, padding=1)
+
+        self.down = nn.ModuleList()
+        skip_widths = [widths[0]]
+        width = widths[0]
+        for level, level_width in enumerate(widths):
+            for _ in range(config.num_res_blocks):
+                layers = [ResBlock(width, level_width, time_dim, **block)]
+                if config.attention_levels[level]:
+                    layers.append(Attention(level_width, groups=config.groups))
+                self.down.append(nn.ModuleList(layers))
+                width = level_width
+                skip_widths.append(width)
+            if level < len(widths) - 1:
+                self.down.append(nn.Conv2d(width, width, 3, stride=2, padding=1))
+                skip_widths.append(width)
+
+        self.mid = nn.ModuleList(
+            [
+                ResBlock(width, width, time_dim, **block),
+                Attention(width, groups=config.groups),
+                ResBlock(width, width, time_dim, **block),
+            ]
+        )
+
+        self.up = nn.ModuleList()
+        for level in reversed(range(len(widths))):
+            level_width = widths[level]
+            for _ in range(config.num_res_blocks + 1):
+                layers = [ResBlock(width + skip_widths.pop(), level_width, time_dim, **block)]
+                if config.attention_levels[level]:
+                    layers.append(Attention(level_width, groups=config.groups))
+                self.up.append(nn.ModuleList(layers))
+                width = level_width
+            if level > 0:
+                self.up.append(
+                    nn.Sequential(
+                        nn.Upsample(scale_factor=2, mode="nearest"),
+                        nn.Conv2d(width, width, 3, padding=1),
+                    )
+                )
+        self.head = nn.Sequential(
+            nn.GroupNorm(config.groups, width),
+            nn.SiLU(),
+            nn.Conv2d(width, config.out_channels, 3, padding=1),
+        )
+        nn.init.zeros_(self.head[-1].weight)
+        nn.init.zeros_(self.head[-1].bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        factor = self.config.downsampling_factor
+        if x.shape[-1] % factor or x.shape[-2] % factor:
+            raise ValueError(f"input height and width must be multiples of {factor}")
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
+        h = self.stem(x)
+        skips = [h]
+        for module in self.down:
+            h = _run(module, h, emb)
+            skips.append(h)
+        for module in self.mid:
+            h = _run(module, h, emb)
+        for module in self.up:
+            if isinstance(module, nn.ModuleList):
+                h = torch.cat([h, skips.pop()], dim=1)
+            h = _run(module, h, emb)
+        return self.head(h)
+
+
+def _run(module: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+    if isinstance(module, nn.ModuleList):
+        for layer in module:
+            h = _run(layer, h, emb)
+        return h
+    if isinstance(module, ResBlock):
+        return module(h, emb)
+    return module(h)

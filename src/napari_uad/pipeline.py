@@ -1,0 +1,277 @@
+"""Scan in, pseudo-healthy image and anomaly map out, on the scan's own grid.
+
+io -> preprocess -> method (model + sampler) -> postprocess. The CLI, the napari widgets and the
+benchmarks all call :func:`detect`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import warnings
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .io import Scan
+from .methods import get_method_class
+from .methods.base import Method, ProgressCallback, StopCallback
+from .postprocess import binarise, lesion_table
+from .preprocess import PreparedVolume, prepare_volume
+
+
+@dataclass
+class Detection:
+    """Result of :func:`detect`, everything on the input scan's voxel grid.
+
+    Attributes
+    ----------
+    healthy : (X, Y, Z) float32 ndarray
+        Pseudo-healthy image in the scan's own intensity units (0 outside the brain).
+    anomaly : (X, Y, Z) float32 ndarray
+        Anomaly map in normalised intensity units, 0 outside the brain and outside processed
+        slices.
+    lesion_mask : (X, Y, Z) uint8 ndarray
+        ``anomaly > threshold`` inside the brain, small components removed.
+    brain_mask : (X, Y, Z) bool ndarray
+    threshold : float
+    provenance : dict
+        Method, model, parameters, version, device, timings and NFE (written as JSON).
+    """
+
+    healthy: np.ndarray
+    anomaly: np.ndarray
+    lesion_mask: np.ndarray
+    brain_mask: np.ndarray
+    threshold: float
+    provenance: dict[str, Any]
+    lesions: list = field(default_factory=list)
+
+
+@dataclass
+class LoadedMethod:
+    method: Method
+    model_name: str
+    model_path: Path
+    model_sha256: str
+
+
+def load_method(method: str, model=None, *, noise: str | None = None, device="auto"):
+    """Load (and cache) a method with its model.
+
+    Parameters
+    ----------
+    method : str
+        Method name, e.g. ``"anoddpm"``.
+    model : str or path, optional
+        Model name or checkpoint folder; None picks the method's shipped default.
+    noise : str, optional
+        For ``anoddpm``: picks the default model trained with this noise.
+    device : str
+        ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
+    """
+    from .device import resolve_device
+    from .models.registry import default_model_name, resolve_model
+
+    method_class = get_method_class(method)
+    path = resolve_model(model or default_model_name(method, noise=noise)).resolve()
+    torch_device = resolve_device(device)
+    weights = path / "model.safetensors"
+    stamp = weights.stat().st_mtime_ns if weights.exists() else 0
+    return _load_method_cached(method_class, str(path), stamp, str(torch_device))
+
+
+@lru_cache(maxsize=4)
+def _load_method_cached(method_class, path: str, stamp: int, device: str) -> LoadedMethod:
+    from .models.checkpoint import WEIGHTS_NAME, load_checkpoint
+
+    model, config = load_checkpoint(path, device=device)
+    if config.method != method_class.name and not (
+        method_class.name == "anoddpm" and config.method in ("anoddpm", "ddpm")
+    ):
+        warnings.warn(
+            f"model {config.name!r} was trained for {config.method!r}, "
+            f"used here with {method_class.name!r}",
+            stacklevel=3,
+        )
+    digest = hashlib.sha256(Path(path, WEIGHTS_NAME).read_bytes()).hexdigest()
+    return LoadedMethod(
+        method=method_class(model, config, device=device),
+        model_name=config.name,
+        model_path=Path(path),
+        model_sha256=digest,
+    )
+
+
+def detect(
+    scan: Scan,
+    *,
+    method: str = "anoddpm",
+    model=None,
+    brain_mask: np.ndarray | None = None,
+    device: str = "auto",
+    seed: int = 0,
+    batch_size: int = 8,
+    threshold: float | str = "auto",
+    min_size: int = 0,
+    slices=None,
+    progress: ProgressCallback | None = None,
+    should_stop: StopCallback | None = None,
+    **params,
+) -> Detection:
+    """Detect anomalies in a scan.
+
+    Parameters
+    ----------
+    scan : Scan
+    method : str
+        Method name (see ``napari-uad models`` and docs/methods.md).
+    model : str or path, optional
+        Model name or checkpoint folder; the method's shipped default when None.
+    brain_mask : (X, Y, Z) bool ndarray, optional
+        On the scan's grid; estimated when None.
+    device, seed, batch_size :
+        Where to run, the seed of all randomness, slices per network evaluation.
+    threshold : float or 'auto'
+        Lesion threshold on the anomaly map; 'auto' uses the model's calibrated healthy
+        threshold.
+    min_size : int
+        Lesion components smaller than this many voxels are dropped.
+    slices : sequence of int, optional
+        Restrict to these axial slices (indices in RAS+ orientation, see
+        :func:`napari_uad.preprocess.to_canonical`); all slices with brain when None.
+    progress, should_stop : callables, optional
+        Progress updates and cooperative cancellation (see :class:`~.methods.base.Method`).
+    **params
+        Method parameters (``noise``, ``noise_level``, ``steps``, ...).
+    """
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    loaded = load_method(method, model, noise=params.get("noise"), device=device)
+    timings["load_model_s"] = time.perf_counter() - started
+
+    tick = time.perf_counter()
+    config = loaded.method.config
+    prepared = prepare_volume(
+        scan,
+        brain_mask=brain_mask,
+        grid=config.grid,
+        lower_percentile=config.preprocessing.get("lower_percentile", 1.0),
+        upper_percentile=config.preprocessing.get("upper_percentile", 99.0),
+    )
+    keep = _select_slices(prepared, slices)
+    timings["preprocess_s"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    result = loaded.method.restore(
+        prepared.model_slices[keep],
+        prepared.mask_model[keep],
+        seed=seed,
+        batch_size=batch_size,
+        slice_ids=prepared.slice_indices[keep],
+        progress=progress,
+        should_stop=should_stop,
+        **params,
+    )
+    timings["restore_s"] = time.perf_counter() - tick
+
+    tick = time.perf_counter()
+    healthy_model = np.zeros_like(prepared.model_slices)
+    anomaly_model = np.zeros_like(prepared.model_slices)
+    healthy_model[keep] = result.healthy
+    anomaly_model[keep] = result.anomaly
+    brain_mask_input = prepared.brain_mask_input
+    anomaly = prepared.to_input_grid(anomaly_model).clip(min=0) * brain_mask_input
+    healthy = _to_scan_intensity(prepared, prepared.to_input_grid(healthy_model), config)
+    healthy *= brain_mask_input
+    threshold_value, threshold_source = _resolve_threshold(threshold, config, anomaly,
+                                                           brain_mask_input)
+    lesion_mask = binarise(anomaly, threshold_value, brain_mask=brain_mask_input,
+                           min_size=min_size)
+    lesions = lesion_table(lesion_mask, anomaly, spacing=scan.spacing)
+    timings["postprocess_s"] = time.perf_counter() - tick
+    timings["total_s"] = time.perf_counter() - started
+    n_slices = int(np.count_nonzero(keep))
+    timings["seconds_per_slice"] = timings["restore_s"] / max(n_slices, 1)
+
+    provenance = {
+        "method": method,
+        "model": loaded.model_name,
+        "model_path": str(loaded.model_path),
+        "model_sha256": loaded.model_sha256,
+        "parameters": {
+            **result.parameters,
+            "seed": seed,
+            "batch_size": batch_size,
+            "threshold": threshold_value,
+            "threshold_source": threshold_source,
+            "min_size": min_size,
+            "brain_mask": "given" if brain_mask is not None else "estimated",
+        },
+        "napari_uad_version": __version__,
+        "device": str(loaded.method.device),
+        "nfe_per_slice": result.nfe,
+        "slices_processed": n_slices,
+        "timings": {k: round(v, 4) for k, v in timings.items()},
+        "lesions": {
+            "count": len(lesions),
+            "total_volume_ml": round(float(sum(les.volume_ml for les in lesions)), 4),
+        },
+    }
+    return Detection(
+        healthy=healthy.astype(np.float32),
+        anomaly=anomaly.astype(np.float32),
+        lesion_mask=lesion_mask.astype(np.uint8),
+        brain_mask=brain_mask_input,
+        threshold=threshold_value,
+        provenance=provenance,
+        lesions=lesions,
+    )
+
+
+def _select_slices(prepared: PreparedVolume, slices) -> np.ndarray:
+    """Boolean selector over ``prepared.slice_indices`` for the requested RAS slices."""
+    if slices is None:
+        return np.ones(len(prepared.slice_indices), dtype=bool)
+    wanted = np.asarray(list(slices), dtype=int)
+    keep = np.isin(prepared.slice_indices, wanted)
+    if not keep.any():
+        raise ValueError("none of the requested slices contains brain")
+    return keep
+
+
+def _to_scan_intensity(prepared: PreparedVolume, healthy01: np.ndarray, config) -> np.ndarray:
+    """Undo the percentile normalisation so the pseudo-healthy image shares the scan's units."""
+    data = prepared.scan.data
+    inside = data[prepared.brain_mask_input]
+    low, high = np.percentile(
+        inside,
+        [config.preprocessing.get("lower_percentile", 1.0),
+         config.preprocessing.get("upper_percentile", 99.0)],
+    )
+    return (healthy01 * (high - low) + low).astype(np.float32)
+
+
+def _resolve_threshold(threshold, config, anomaly, brain_mask) -> tuple[float, str]:
+    if isinstance(threshold, str):
+        if threshold != "auto":
+            try:
+                return float(threshold), "given"
+            except ValueError:
+                raise ValueError(
+                    f"threshold must be 'auto' or a number, got {threshold!r}"
+                ) from None
+        calibrated = config.calibration.get("threshold")
+        if calibrated is not None:
+            return float(calibrated), "model calibration"
+        warnings.warn(
+            f"model {config.name!r} has no calibrated threshold; using the 99th percentile "
+            "of this scan's anomaly map (pass a number to choose one)",
+            stacklevel=3,
+        )
+        return float(np.percentile(anomaly[brain_mask], 99.0)), "scan 99th percentile"
+    return float(threshold), "given"
