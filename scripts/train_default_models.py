@@ -34,8 +34,12 @@ from napari_uad.training.calibrate import calibrate_threshold
 from napari_uad.training.ddpm import train_ddpm
 
 WEIGHTS = Path(__file__).resolve().parent.parent / "src" / "napari_uad" / "weights"
-UNET = UNetConfig(base_channels=16, channel_mults=(1, 2, 4, 8), num_res_blocks=1,
-                  attention_levels=(False, False, False, True))
+UNET = UNetConfig(
+    base_channels=16,
+    channel_mults=(1, 2, 4, 8),
+    num_res_blocks=1,
+    attention_levels=(False, False, False, True),
+)
 
 
 def mni_slices(grid: int = 128, min_fraction: float = 0.35):
@@ -75,22 +79,35 @@ def main():
         grid=128,
         unet=UNET,
         diffusion=DiffusionConfig(prediction_type="sample", noise=args.noise),
-        defaults={"noise_level": 250 if args.noise == "simplex" else 200, "steps": 10,
-                  "eta": 0.0, "smoothing": 3},
+        defaults={
+            "noise_level": 250 if args.noise == "simplex" else 200,
+            "steps": 10,
+            "eta": 0.0,
+            "smoothing": 3,
+        },
     )
     started = time.time()
 
     def progress(update):
         if update.step % 20 == 0 or update.step == update.total:
             rate = update.seconds / update.step
-            print(f"step {update.step}/{update.total} loss {update.loss:.4f} "
-                  f"({rate:.2f} s/step, eta {rate * (update.total - update.step) / 60:.1f} min)",
-                  flush=True)
+            print(
+                f"step {update.step}/{update.total} loss {update.loss:.4f} "
+                f"({rate:.2f} s/step, eta {rate * (update.total - update.step) / 60:.1f} min)",
+                flush=True,
+            )
 
     augment = AugmentConfig()
     model, history = train_ddpm(
-        slices, config, steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr,
-        max_timestep=args.max_timestep, augment=augment, seed=args.seed, progress=progress,
+        slices,
+        config,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        learning_rate=args.lr,
+        max_timestep=args.max_timestep,
+        augment=augment,
+        seed=args.seed,
+        progress=progress,
     )
     minutes = (time.time() - started) / 60
 
@@ -101,11 +118,14 @@ def main():
     held_out = augment_batch(images, config=augment, generator=generator)[:, 0].numpy()
     held_masks = held_out > 0
     threshold = calibrate_threshold(model, config, held_out, held_masks, percentile=99.5)
-    config.calibration = {"threshold": threshold, "percentile": 99.5,
-                          "data": "16 augmented MNI152 slices, unseen augmentations"}
+    config.calibration = {
+        "threshold": threshold,
+        "percentile": 99.5,
+        "data": "16 augmented MNI152 slices, unseen augmentations",
+    }
     config.training = {
         "data": "MNI152 2009 T1 template (nilearn, 1 mm), axial slices with >=35% of the "
-                "largest brain area, augmented (affine, elastic, flip, gamma, bias, contrast)",
+        "largest brain area, augmented (affine, elastic, flip, gamma, bias, contrast)",
         "recipe": f"scripts/train_default_models.py --noise {args.noise} --steps {args.steps}",
         "steps": len(history.losses),
         "batch_size": args.batch_size,
@@ -114,7 +134,7 @@ def main():
         "final_loss": float(np.mean(history.losses[-20:])),
         "minutes": round(minutes, 1),
         "hardware": f"{platform.processor() or platform.machine()}, "
-                    f"{torch.get_num_threads()} threads",
+        f"{torch.get_num_threads()} threads",
         "seed": args.seed,
     }
     save_checkpoint(out, model, config, half=True)

@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from napari_uad.diffusion.noise import gaussian_noise, make_noise, simplex_noise
-from napari_uad.diffusion.schedules import cosine_betas, linear_betas, make_betas
 from napari_uad.diffusion.scheduler import DDPMScheduler
+from napari_uad.diffusion.schedules import cosine_betas, linear_betas, make_betas
 
 
 def test_linear_schedule_matches_ho_et_al():
@@ -135,10 +135,12 @@ def test_ddim_full_vs_strided_close_on_smooth_network():
         return net(xt)
 
     with torch.no_grad():
-        full = _sample(scheduler, model, x, scheduler.timesteps(251, start=250), eta=0,
-                       generator=generator)
-        fewer = _sample(scheduler, model, x, scheduler.timesteps(50, start=250), eta=0,
-                        generator=generator)
+        full = _sample(
+            scheduler, model, x, scheduler.timesteps(251, start=250), eta=0, generator=generator
+        )
+        fewer = _sample(
+            scheduler, model, x, scheduler.timesteps(50, start=250), eta=0, generator=generator
+        )
     assert (full - fewer).abs().mean() < 0.02
 
 

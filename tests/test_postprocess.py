@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from napari_uad import postprocess
+from napari_uad.io import atomic
 
 
 def test_remove_small_components_uses_full_connectivity():
@@ -164,7 +165,7 @@ def test_lesions_to_csv_is_atomic(tmp_path, monkeypatch):
     def failing_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(postprocess.os, "replace", failing_replace)
+    monkeypatch.setattr(atomic.os, "replace", failing_replace)
     with pytest.raises(OSError, match="disk full"):
         postprocess.lesions_to_csv(_lesions(), target)
     assert target.read_text() == "previous\n"

@@ -61,20 +61,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="metrics of anomaly maps against truth masks")
     evaluate.add_argument("maps", nargs="+", metavar="ANOMALY", help="anomaly map NIfTI files")
-    evaluate.add_argument("--truth", action="append", required=True, metavar="PATH",
-                          help="truth mask per map (repeat, same order)")
-    evaluate.add_argument("--brain-mask", action="append", metavar="PATH",
-                          help="restrict to the brain (repeat per map); default: map > 0 region "
-                          "is not assumed, all voxels count")
-    evaluate.add_argument("--threshold", metavar="auto|VALUE", default="auto",
-                          help="threshold for Dice; 'auto' reads it from <stem>.json beside the map")
+    evaluate.add_argument(
+        "--truth",
+        action="append",
+        required=True,
+        metavar="PATH",
+        help="truth mask per map (repeat, same order)",
+    )
+    evaluate.add_argument(
+        "--brain-mask",
+        action="append",
+        metavar="PATH",
+        help="restrict to the brain (repeat per map); default: map > 0 region "
+        "is not assumed, all voxels count",
+    )
+    evaluate.add_argument(
+        "--threshold",
+        metavar="auto|VALUE",
+        default="auto",
+        help="threshold for Dice; 'auto' reads it from <stem>.json beside the map",
+    )
     evaluate.add_argument("--json", type=Path, metavar="PATH", help="also write metrics as JSON")
 
     commands.add_parser("models", help="list installed models")
 
     demo = commands.add_parser("demo", help="open the sample scan in napari and detect anomalies")
-    demo.add_argument("--no-gui", action="store_true",
-                      help="run the pipeline on the sample and write outputs and a PNG figure")
+    demo.add_argument(
+        "--no-gui",
+        action="store_true",
+        help="run the pipeline on the sample and write outputs and a PNG figure",
+    )
     demo.add_argument("--out", type=Path, default=Path("napari-uad-demo"), metavar="DIR")
     demo.add_argument("--device", default="auto")
     return parser
@@ -117,11 +133,14 @@ def _restore(args) -> int:
 
     from .io import nifti_stem, read_mask, read_scan, write_nifti
     from .io.atomic import atomic_write_text
-    from .pipeline import detect
+    from .pipeline import detect, parse_threshold
 
+    threshold = parse_threshold(args.threshold)
     masks = args.brain_mask or []
-    if masks and len(masks) not in (1, len(args.inputs)) or (
-        len(masks) == 1 and len(args.inputs) > 1 and masks[0] != "auto"
+    if (
+        masks
+        and len(masks) not in (1, len(args.inputs))
+        or (len(masks) == 1 and len(args.inputs) > 1 and masks[0] != "auto")
     ):
         raise UsageError("give one --brain-mask per input (or 'auto')")
     if args.batch_size < 1:
@@ -151,12 +170,12 @@ def _restore(args) -> int:
         scan = read_scan(path)
         mask_arg = masks[index] if len(masks) == len(args.inputs) else (masks[0] if masks else None)
         brain_mask = None if mask_arg in (None, "auto") else read_mask(mask_arg, like=scan)
-        bar = tqdm(total=None, desc=f"{stem} ({args.method})", unit="step", leave=True)
+        bars = []
 
-        def progress(update, bar=bar):
-            bar.total = update.total
-            bar.n = update.done
-            bar.refresh()
+        def progress(update, bars=bars, stem=stem):
+            if not bars:
+                bars.append(tqdm(total=update.total, desc=f"{stem} ({args.method})", unit="NFE"))
+            bars[0].update(update.done - bars[0].n)
 
         try:
             result = detect(
@@ -167,13 +186,14 @@ def _restore(args) -> int:
                 device=args.device,
                 seed=args.seed,
                 batch_size=args.batch_size,
-                threshold=args.threshold,
+                threshold=threshold,
                 min_size=args.min_size,
                 progress=progress,
                 **params,
             )
         finally:
-            bar.close()
+            for bar in bars:
+                bar.close()
         write_nifti(outputs["healthy"], result.healthy, like=scan)
         write_nifti(outputs["anomaly"], result.anomaly, like=scan)
         write_nifti(outputs["mask"], result.lesion_mask, like=scan, dtype="uint8")
@@ -223,8 +243,7 @@ def _evaluate(args) -> int:
         scores = np.concatenate(pooled_scores)
         truth = np.concatenate(pooled_truth)
         rows.append({"map": "pooled", **evaluate(scores, truth)})
-    _print_table(rows, ["map", "auroc", "ap", "best_dice", "best_threshold",
-                        "dice_at_threshold"])
+    _print_table(rows, ["map", "auroc", "ap", "best_dice", "best_threshold", "dice_at_threshold"])
     if args.json:
         atomic_write_text(args.json, json.dumps(rows, indent=2) + "\n")
     return 0
@@ -271,8 +290,15 @@ def _models(args) -> int:
         print(f"no models installed (user folder: {user_models_dir()})")
         return 0
     rows = [
-        {"name": m.name, "method": m.method, "noise": m.noise, "grid": m.grid,
-         "size_mb": f"{m.size_mb:.1f}", "source": m.source, "path": str(m.path)}
+        {
+            "name": m.name,
+            "method": m.method,
+            "noise": m.noise,
+            "grid": m.grid,
+            "size_mb": f"{m.size_mb:.1f}",
+            "source": m.source,
+            "path": str(m.path),
+        }
         for m in models
     ]
     _print_table(rows, ["name", "method", "noise", "grid", "size_mb", "source", "path"])

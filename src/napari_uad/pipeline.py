@@ -149,6 +149,7 @@ def detect(
     **params
         Method parameters (``noise``, ``noise_level``, ``steps``, ...).
     """
+    threshold = parse_threshold(threshold)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     loaded = load_method(method, model, noise=params.get("noise"), device=device)
@@ -188,10 +189,10 @@ def detect(
     anomaly = prepared.to_input_grid(anomaly_model).clip(min=0) * brain_mask_input
     healthy = _to_scan_intensity(prepared, prepared.to_input_grid(healthy_model), config)
     healthy *= brain_mask_input
-    threshold_value, threshold_source = _resolve_threshold(threshold, config, anomaly,
-                                                           brain_mask_input)
-    lesion_mask = binarise(anomaly, threshold_value, brain_mask=brain_mask_input,
-                           min_size=min_size)
+    threshold_value, threshold_source = _resolve_threshold(
+        threshold, config, anomaly, brain_mask_input
+    )
+    lesion_mask = binarise(anomaly, threshold_value, brain_mask=brain_mask_input, min_size=min_size)
     lesions = lesion_table(lesion_mask, anomaly, spacing=scan.spacing)
     timings["postprocess_s"] = time.perf_counter() - tick
     timings["total_s"] = time.perf_counter() - started
@@ -250,28 +251,36 @@ def _to_scan_intensity(prepared: PreparedVolume, healthy01: np.ndarray, config) 
     inside = data[prepared.brain_mask_input]
     low, high = np.percentile(
         inside,
-        [config.preprocessing.get("lower_percentile", 1.0),
-         config.preprocessing.get("upper_percentile", 99.0)],
+        [
+            config.preprocessing.get("lower_percentile", 1.0),
+            config.preprocessing.get("upper_percentile", 99.0),
+        ],
     )
     return (healthy01 * (high - low) + low).astype(np.float32)
 
 
+def parse_threshold(value) -> float | str:
+    """``'auto'`` or a float, from a number or a string; ``ValueError`` otherwise."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return "auto"
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold must be 'auto' or a number, got {value!r}") from None
+    if not np.isfinite(number):
+        raise ValueError(f"threshold must be a finite number, got {value!r}")
+    return number
+
+
 def _resolve_threshold(threshold, config, anomaly, brain_mask) -> tuple[float, str]:
-    if isinstance(threshold, str):
-        if threshold != "auto":
-            try:
-                return float(threshold), "given"
-            except ValueError:
-                raise ValueError(
-                    f"threshold must be 'auto' or a number, got {threshold!r}"
-                ) from None
-        calibrated = config.calibration.get("threshold")
-        if calibrated is not None:
-            return float(calibrated), "model calibration"
-        warnings.warn(
-            f"model {config.name!r} has no calibrated threshold; using the 99th percentile "
-            "of this scan's anomaly map (pass a number to choose one)",
-            stacklevel=3,
-        )
-        return float(np.percentile(anomaly[brain_mask], 99.0)), "scan 99th percentile"
-    return float(threshold), "given"
+    if threshold != "auto":
+        return float(threshold), "given"
+    calibrated = config.calibration.get("threshold")
+    if calibrated is not None:
+        return float(calibrated), "model calibration"
+    warnings.warn(
+        f"model {config.name!r} has no calibrated threshold; using the 99th percentile "
+        "of this scan's anomaly map (pass a number to choose one)",
+        stacklevel=3,
+    )
+    return float(np.percentile(anomaly[brain_mask], 99.0)), "scan 99th percentile"

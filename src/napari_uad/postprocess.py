@@ -9,13 +9,13 @@ anomalous when its score is greater than or equal to the threshold.
 from __future__ import annotations
 
 import csv
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy import ndimage
+
+from .io.atomic import atomic_write
 
 __all__ = [
     "Lesion",
@@ -330,26 +330,23 @@ def lesions_to_csv(lesions, path) -> Path:
     axes = "ijk"[:n_axes] if n_axes <= 3 else [str(a) for a in range(n_axes)]
     header = ["label", "n_voxels", "volume_ml", "mean_score", "max_score"]
     header += [f"centroid_{a}" for a in axes]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="") as handle:
+    rows = [
+        [
+            lesion.label,
+            lesion.n_voxels,
+            f"{lesion.volume_ml:.6g}",
+            f"{lesion.mean_score:.6g}",
+            f"{lesion.max_score:.6g}",
+            *(f"{c:.2f}" for c in lesion.centroid_voxel),
+        ]
+        for lesion in lesions
+    ]
+
+    def write(temp):
+        with open(temp, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(header)
-            for lesion in lesions:
-                writer.writerow(
-                    [
-                        lesion.label,
-                        lesion.n_voxels,
-                        f"{lesion.volume_ml:.6g}",
-                        f"{lesion.mean_score:.6g}",
-                        f"{lesion.max_score:.6g}",
-                        *(f"{c:.2f}" for c in lesion.centroid_voxel),
-                    ]
-                )
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+            writer.writerows(rows)
+
+    atomic_write(path, write)
     return path

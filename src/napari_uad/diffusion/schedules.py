@@ -30,9 +30,7 @@ def linear_betas(num_timesteps: int, *, beta_start: float = 1e-4, beta_end: floa
     """
     _check_timesteps(num_timesteps)
     scale = 1000.0 / num_timesteps
-    betas = torch.linspace(
-        beta_start * scale, beta_end * scale, num_timesteps, dtype=torch.float64
-    )
+    betas = torch.linspace(beta_start * scale, beta_end * scale, num_timesteps, dtype=torch.float64)
     return betas.clamp(max=0.999).float()
 
 

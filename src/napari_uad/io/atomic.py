@@ -19,6 +19,7 @@ def atomic_write(path, write: Callable[[str], object], *, suffix: str = ".tmp") 
     handle, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(handle)
     try:
+        os.chmod(temp, 0o666 & ~_umask())
         write(temp)
         os.replace(temp, path)
     except BaseException:
@@ -30,3 +31,9 @@ def atomic_write(path, write: Callable[[str], object], *, suffix: str = ".tmp") 
 def atomic_write_text(path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
     return atomic_write(path, lambda temp: Path(temp).write_text(text, encoding="utf-8"))
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import os
-import uuid
 import warnings
 import zlib
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from .atomic import atomic_write
 from .errors import InputError
 from .scan import Scan
 
@@ -262,16 +262,11 @@ def write_nifti(path: str | os.PathLike, data: np.ndarray, *, like: Scan, dtype=
         raise InputError(f"Cannot write {path}: it is a folder")
 
     img = _make_image(_cast(data, np.dtype(dtype)), like)
-    tmp = path.parent / f".{nifti_stem(path)}.{uuid.uuid4().hex[:12]}.tmp{ext}"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        nib.save(img, tmp)
-        os.replace(tmp, path)
+        atomic_write(path, lambda temp: nib.save(img, temp), suffix=f".tmp{ext}")
     except OSError as err:
         raise InputError(f"Cannot write {path}: {_reason(err)}") from err
-    finally:
-        if tmp.exists():
-            tmp.unlink()
     return path
 
 

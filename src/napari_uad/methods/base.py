@@ -98,6 +98,7 @@ class Method(ABC):
 
     def validate(self, params: dict[str, Any]) -> None:
         """Raise ``ValueError`` for parameter values this method cannot use."""
+        return None
 
     def restore(
         self,

@@ -22,9 +22,7 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message says why in one line."""
 
 
-def save_checkpoint(
-    folder, model: UNet, config: ModelConfig, *, half: bool = False
-) -> Path:
+def save_checkpoint(folder, model: UNet, config: ModelConfig, *, half: bool = False) -> Path:
     """Write ``config.json`` and ``model.safetensors`` into ``folder`` atomically.
 
     Parameters
@@ -77,7 +75,9 @@ def load_checkpoint(folder, *, device="cpu") -> tuple[UNet, ModelConfig]:
     try:
         tensors = load_file(str(folder / WEIGHTS_NAME))
     except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{folder / WEIGHTS_NAME} is not a valid safetensors file: {error}")
+        raise CheckpointError(
+            f"{folder / WEIGHTS_NAME} is not a valid safetensors file: {error}"
+        ) from None
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
@@ -94,7 +94,9 @@ def load_checkpoint(folder, *, device="cpu") -> tuple[UNet, ModelConfig]:
             )
         if value.is_floating_point() and not torch.isfinite(value).all():
             raise CheckpointError(f"weights in {folder} contain NaN or Inf ({key})")
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in tensors.items()})
+    model.load_state_dict(
+        {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
+    )
     return model.eval().to(device), config
 
 

@@ -56,6 +56,8 @@ def resolve_model(name_or_path) -> Path:
     if os.sep in value or "/" in value or candidate.is_dir():
         if not candidate.exists():
             raise CheckpointError(f"model path {candidate} does not exist")
+        if candidate.is_dir() and not (candidate / CONFIG_NAME).is_file():
+            raise CheckpointError(f"{candidate}: no config.json and model.safetensors found there")
         return candidate
     if not _NAME.match(value):
         raise CheckpointError(f"invalid model name {value!r}: use letters, digits, '.', '_', '-'")

@@ -90,7 +90,9 @@ class ResBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.conv2 = nn.Conv2d(channels_out, channels_out, 3, padding=1)
         self.skip = (
-            nn.Conv2d(channels_in, channels_out, 1) if channels_in != channels_out else nn.Identity()
+            nn.Conv2d(channels_in, channels_out, 1)
+            if channels_in != channels_out
+            else nn.Identity()
         )
 
     def forward(self, x, emb):

@@ -46,7 +46,9 @@ def augment_batch(
     device = images.device
 
     def uniform(*shape, low=-1.0, high=1.0):
-        values = torch.rand(shape, generator=generator, device=generator.device if generator else None)
+        values = torch.rand(
+            shape, generator=generator, device=generator.device if generator else None
+        )
         return (low + (high - low) * values).to(device)
 
     angle = uniform(batch) * math.radians(config.rotation_degrees)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
-
 from ..methods import get_method_class
 from ..postprocess import healthy_threshold
 

@@ -91,9 +91,7 @@ def train_ddpm(
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     optimiser = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
     warmup = max(1, min(100, steps // 10))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimiser, lambda s: min(1.0, (s + 1) / warmup)
-    )
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / warmup))
     diffusion = config.diffusion
     scheduler = DDPMScheduler(
         diffusion.num_train_timesteps,

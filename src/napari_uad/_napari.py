@@ -1,0 +1,112 @@
+"""npe2 contributions: NIfTI reader and writers, sample data.
+
+Layers show volumes with :func:`napari_uad.display.to_display` (axial, radiological, physical
+scale). The file's affine and header travel in ``layer.metadata`` so writers put results back
+on the original grid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from .display import from_display, to_display
+from .io import Scan, nifti_stem, read_scan, write_nifti
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def get_reader(path):
+    """Return a reader for a NIfTI path (or list of paths), else None."""
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    if not paths or not all(str(p).lower().endswith(NIFTI_SUFFIXES) for p in paths):
+        return None
+    return read_nifti_layers
+
+
+def read_nifti_layers(path) -> list[tuple]:
+    """Layer data tuples for one or more NIfTI files (masks become labels layers)."""
+    paths = [path] if isinstance(path, (str, Path)) else list(path)
+    return [scan_layer(read_scan(p)) for p in paths]
+
+
+def scan_layer(scan: Scan, *, name: str | None = None, kind: str | None = None) -> tuple:
+    """A napari layer data tuple for a scan, labels if it looks like a mask."""
+    data, scale = to_display(scan.data, scan.affine)
+    values = np.unique(data[:: max(1, data.size // 200_000)])
+    is_mask = kind == "labels" or (
+        kind is None
+        and values.size <= 16
+        and np.all(values == np.round(values))
+        and values.min() >= 0
+    )
+    name = name or (nifti_stem(scan.source) if scan.source else "scan")
+    meta = {
+        "name": name,
+        "scale": scale,
+        "metadata": {
+            "napari_uad": {
+                "affine": scan.affine,
+                "header": scan.header,
+                "source": str(scan.source) if scan.source else None,
+                "shape": scan.shape,
+            }
+        },
+    }
+    if is_mask:
+        return data.astype(np.uint8), meta, "labels"
+    low, high = np.percentile(data[data > 0], [0.5, 99.5]) if (data > 0).any() else (0, 1)
+    meta.update(colormap="gray", contrast_limits=(float(low), float(max(high, low + 1e-6))))
+    return data, meta, "image"
+
+
+def _write_layer(path: str, data, meta: dict, dtype) -> list[str]:
+    info = (meta.get("metadata") or {}).get("napari_uad")
+    if info is None:
+        raise ValueError(
+            "this layer has no NIfTI geometry (it was not opened with napari-uad); "
+            "open the scan with napari-uad first"
+        )
+    like = Scan(
+        data=np.zeros(info["shape"], dtype=np.float32),
+        affine=info["affine"],
+        header=info.get("header"),
+        source=Path(info["source"]) if info.get("source") else None,
+    )
+    volume = from_display(np.asarray(data), info["affine"])
+    return [str(write_nifti(path, volume, like=like, dtype=dtype))]
+
+
+def write_image(path: str, data, meta: dict) -> list[str]:
+    """Save an image layer opened with napari-uad as NIfTI on its original grid."""
+    return _write_layer(path, data, meta, np.float32)
+
+
+def write_labels(path: str, data, meta: dict) -> list[str]:
+    """Save a labels layer as a uint8/int16 NIfTI on its original grid."""
+    dtype = np.uint8 if np.asarray(data).max(initial=0) < 256 else np.int16
+    return _write_layer(path, data, meta, dtype)
+
+
+def _sample(name: str, label: str) -> list[tuple]:
+    from .samples import sample_path
+
+    layers = [scan_layer(read_scan(sample_path(name)), name=label)]
+    if name == "lesion":
+        truth = scan_layer(
+            read_scan(sample_path("lesion_truth")), name="lesion truth", kind="labels"
+        )
+        truth[1].update(opacity=0.6)
+        layers.append(truth)
+    return layers
+
+
+def sample_lesion() -> list[tuple]:
+    """T1 slab (MNI152) with synthetic lesions, and its truth mask."""
+    return _sample("lesion", "T1 with lesions")
+
+
+def sample_healthy() -> list[tuple]:
+    """Healthy T1 slab (MNI152)."""
+    return _sample("healthy", "healthy T1")

@@ -1,0 +1,88 @@
+"""Shared fixtures: a tiny DDPM trained on phantoms, and phantom scans written as NIfTI."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from napari_uad.models.checkpoint import save_checkpoint
+from napari_uad.models.config import DiffusionConfig, ModelConfig
+from napari_uad.models.unet import UNetConfig
+from napari_uad.phantoms import add_lesions, make_brain, make_dataset
+
+TINY_GRID = 32
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    settings = dict(
+        name="tiny",
+        method="anoddpm",
+        grid=TINY_GRID,
+        unet=UNetConfig(
+            base_channels=8, channel_mults=(1, 2), groups=4, attention_levels=(False, False)
+        ),
+        diffusion=DiffusionConfig(prediction_type="sample", noise="gaussian"),
+        defaults={"noise_level": 100, "steps": 5, "smoothing": 3},
+    )
+    settings.update(overrides)
+    return ModelConfig(**settings)
+
+
+@pytest.fixture(scope="session")
+def phantom_train_slices():
+    return make_dataset(48, size=TINY_GRID, seed=0)
+
+
+@pytest.fixture(scope="session")
+def phantom_test_slices():
+    return make_dataset(6, size=TINY_GRID, seed=100, lesion_kinds=["tumour", "stroke"])
+
+
+@pytest.fixture(scope="session")
+def tiny_trained(phantom_train_slices):
+    """A tiny x0-prediction DDPM trained for 200 steps on 32x32 phantoms (seconds on a CPU)."""
+    from napari_uad.training.ddpm import train_ddpm
+
+    config = tiny_config()
+    model, history = train_ddpm(
+        phantom_train_slices["images"],
+        config,
+        steps=200,
+        batch_size=8,
+        learning_rate=3e-3,
+        max_timestep=300,
+        seed=0,
+    )
+    return model, config, history
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tiny_trained, tmp_path_factory):
+    model, config, _ = tiny_trained
+    config.calibration = {"threshold": 0.2, "percentile": 99.5}
+    return save_checkpoint(tmp_path_factory.mktemp("models") / "tiny", model, config)
+
+
+LAS_AFFINE = np.array([[-1.2, 0, 0, 60.0], [0, 1.2, 0, -70.0], [0, 0, 3.0, -20.0], [0, 0, 0, 1]])
+
+
+@pytest.fixture(scope="session")
+def phantom_scan_files(tmp_path_factory):
+    """A lesioned 3-D phantom (LAS affine, 1.2 x 1.2 x 3 mm) with truth and brain mask files."""
+    folder = tmp_path_factory.mktemp("scans")
+    image, mask = make_brain((48, 56, 6), seed=3)
+    image, truth = add_lesions(image, mask, kind="tumour", seed=4)
+    # Stored flipped left-right so the LAS affine describes the same anatomy.
+    files = {}
+    for name, data, dtype in (
+        ("scan", image * 800.0, np.float32),
+        ("truth", truth, np.uint8),
+        ("mask", mask, np.uint8),
+    ):
+        img = nib.Nifti1Image(np.flip(data, axis=0).astype(dtype), LAS_AFFINE)
+        img.header.set_xyzt_units("mm")
+        path = folder / f"{name}.nii.gz"
+        nib.save(img, path)
+        files[name] = path
+    return files
