@@ -64,8 +64,10 @@ def _demo_napari(*, device: str) -> int:
     return 0
 
 
-def start_demo_in_viewer(viewer, *, device: str = "auto"):
+def start_demo_in_viewer(viewer, *, device: str = "auto", model=None):
     """Add the lesion sample to ``viewer`` and run detection in a thread worker.
+
+    ``model`` is a model name or folder (default: the shipped ``anoddpm`` model).
 
     Returns the worker (already started); result layers appear when it finishes.
     """
@@ -92,7 +94,12 @@ def start_demo_in_viewer(viewer, *, device: str = "auto"):
                 bar.update(update.done - bar.n)
 
             return detect(
-                scan, method="anoddpm", brain_mask=brain, device=device, progress=progress
+                scan,
+                method="anoddpm",
+                model=model,
+                brain_mask=brain,
+                device=device,
+                progress=progress,
             )
         finally:
             bar.close()
