@@ -170,3 +170,23 @@ def test_import_is_light():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+@pytest.mark.parametrize("extra", [[], ["--noise", "gaussian", "--steps", "2"]])
+def test_restore_the_sample_with_the_shipped_models(extra, tmp_path):
+    """The README's example: the shipped default models on the shipped sample scan."""
+    from napari_uad.samples import sample_path
+
+    sample = sample_path("lesion")
+    out = tmp_path / "out"
+    args = ["restore", str(sample), "--method", "anoddpm", "--device", "cpu", "--out", str(out)]
+    assert main(args + extra) == 0
+    source = nib.load(sample)
+    for suffix in ("healthy", "anomaly", "mask"):
+        image = nib.load(out / f"lesion_t1_{suffix}.nii.gz")
+        assert image.shape == source.shape
+        np.testing.assert_allclose(image.affine, source.affine)
+    record = json.loads((out / "lesion_t1.json").read_text())
+    assert record["model"] == ("anoddpm-gaussian" if extra else "anoddpm-simplex")
+    assert record["parameters"]["threshold_source"] == "model calibration"
+    assert record["slices_processed"] == 24

@@ -12,13 +12,14 @@ from napari_uad.samples import sample_path
 def test_reader_keeps_geometry(phantom_scan_files):
     assert get_reader(str(phantom_scan_files["scan"])) is not None
     assert get_reader("picture.png") is None
-    (data, meta, kind), = read_nifti_layers(str(phantom_scan_files["scan"]))
+    ((data, meta, kind),) = read_nifti_layers(str(phantom_scan_files["scan"]))
     assert kind == "image"
     assert data.shape == (6, 56, 48)  # axial slices first
     assert meta["scale"] == pytest.approx((3.0, 1.2, 1.2))
-    np.testing.assert_allclose(meta["metadata"]["napari_uad"]["affine"],
-                               nib.load(phantom_scan_files["scan"]).affine)
-    (_, _, mask_kind), = read_nifti_layers(str(phantom_scan_files["mask"]))
+    np.testing.assert_allclose(
+        meta["metadata"]["napari_uad"]["affine"], nib.load(phantom_scan_files["scan"]).affine
+    )
+    ((_, _, mask_kind),) = read_nifti_layers(str(phantom_scan_files["mask"]))
     assert mask_kind == "labels"
 
 
@@ -72,11 +73,17 @@ def test_demo_adds_result_layers(make_napari_viewer, qtbot, tiny_model_dir):
     worker = start_demo_in_viewer(viewer, device="cpu", model=tiny_model_dir)
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         pass
-    qtbot.waitUntil(lambda: "lesion mask" in [layer.name for layer in viewer.layers],
-                    timeout=10_000)
+    qtbot.waitUntil(
+        lambda: "lesion mask" in [layer.name for layer in viewer.layers], timeout=10_000
+    )
     names = [layer.name for layer in viewer.layers]
-    assert names == ["T1 with lesions", "lesion truth", "pseudo-healthy", "anomaly map",
-                     "lesion mask"]
+    assert names == [
+        "T1 with lesions",
+        "lesion truth",
+        "pseudo-healthy",
+        "anomaly map",
+        "lesion mask",
+    ]
     scan, anomaly = viewer.layers["T1 with lesions"], viewer.layers["anomaly map"]
     assert anomaly.data.shape == scan.data.shape
     assert tuple(anomaly.scale) == tuple(scan.scale)

@@ -59,3 +59,16 @@ def test_same_seed_same_map(tiny_model_dir, phantom_scan_files):
     b = detect(scan, model=tiny_model_dir, device="cpu", seed=3, eta=1.0, batch_size=2)
     np.testing.assert_allclose(a.anomaly, b.anomaly, atol=1e-5)
     assert nib.load(phantom_scan_files["scan"]).shape == a.anomaly.shape
+
+
+def test_erode_brain_silences_the_edge(tiny_model_dir, phantom_scan_files):
+    scan = read_scan(phantom_scan_files["scan"])
+    mask = read_mask(phantom_scan_files["mask"], like=scan)
+    plain = detect(scan, model=tiny_model_dir, device="cpu", brain_mask=mask)
+    eroded = detect(scan, model=tiny_model_dir, device="cpu", brain_mask=mask, erode_brain=2)
+    edge = mask & (eroded.brain_mask == 0)
+    assert edge.any()
+    assert (eroded.anomaly[edge] == 0).all() and plain.anomaly[edge].max() > 0
+    inner = eroded.brain_mask.astype(bool)
+    np.testing.assert_allclose(eroded.anomaly[inner], plain.anomaly[inner])
+    assert eroded.provenance["parameters"]["erode_brain"] == 2

@@ -55,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restore.add_argument("--threshold", default="auto", metavar="auto|VALUE")
     restore.add_argument("--min-size", type=int, default=0, help="smallest lesion in voxels")
+    restore.add_argument(
+        "--erode-brain",
+        type=int,
+        default=0,
+        metavar="N",
+        help="erode the brain mask by N voxels before scoring (silences the brain edge)",
+    )
     restore.add_argument("--batch-size", type=int, default=8)
     restore.add_argument("--out", required=True, type=Path, metavar="DIR")
     restore.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -188,6 +195,7 @@ def _restore(args) -> int:
                 batch_size=args.batch_size,
                 threshold=threshold,
                 min_size=args.min_size,
+                erode_brain=args.erode_brain,
                 progress=progress,
                 **params,
             )

@@ -25,7 +25,7 @@ def _demo_files(*, out: Path, device: str) -> int:
     from .io import read_mask, read_scan, write_nifti
     from .io.atomic import atomic_write_text
     from .metrics import evaluate
-    from .pipeline import detect
+    from .pipeline import iter_detect
     from .samples import sample_path
 
     scan = read_scan(sample_path("lesion"))
@@ -76,7 +76,7 @@ def start_demo_in_viewer(viewer, *, device: str = "auto", model=None):
 
     from ._napari import sample_lesion, scan_layer
     from .io import read_mask, read_scan
-    from .pipeline import detect
+    from .pipeline import iter_detect
     from .samples import sample_path
 
     for data, meta, kind in sample_lesion():
@@ -86,35 +86,28 @@ def start_demo_in_viewer(viewer, *, device: str = "auto", model=None):
 
     @thread_worker
     def work():
-        bar = napari_progress(desc="Detecting anomalies (anoddpm)")
-        try:
-
-            def progress(update):
-                bar.total = update.total
-                bar.update(update.done - bar.n)
-
-            return detect(
-                scan,
-                method="anoddpm",
-                model=model,
-                brain_mask=brain,
-                device=device,
-                progress=progress,
+        return (
+            yield from iter_detect(
+                scan, method="anoddpm", model=model, brain_mask=brain, device=device
             )
-        finally:
-            bar.close()
+        )
+
+    bar = napari_progress(desc="Detecting anomalies (anoddpm)")
+
+    def advance(update):
+        bar.total = update.total
+        bar.update(update.done - bar.n)
 
     def show(result):
-        from napari.utils.colormaps import AVAILABLE_COLORMAPS
-
         healthy = scan_layer(scan.with_data(result.healthy), name="pseudo-healthy", kind="image")
         viewer.add_image(healthy[0], **healthy[1])
         anomaly = scan_layer(scan.with_data(result.anomaly), name="anomaly map", kind="image")
         anomaly[1].update(
-            colormap="hot" if "hot" in AVAILABLE_COLORMAPS else "inferno",
+            colormap="hot",
             blending="additive",
             opacity=0.8,
-            contrast_limits=(0.0, float(max(result.anomaly.max(), 1e-6))),
+            # Saturate at twice the healthy threshold: healthy tissue stays dark, lesions glow.
+            contrast_limits=(0.0, float(max(2 * result.threshold, 1e-6))),
             metadata={**anomaly[1]["metadata"], "provenance": result.provenance},
         )
         viewer.add_image(anomaly[0], **anomaly[1])
@@ -122,7 +115,9 @@ def start_demo_in_viewer(viewer, *, device: str = "auto", model=None):
         viewer.add_labels(mask[0], **mask[1])
 
     worker = work()
+    worker.yielded.connect(advance)
     worker.returned.connect(show)
+    worker.finished.connect(bar.close)
     worker.errored.connect(lambda error: _notify(f"napari-uad demo failed: {error}"))
     worker.start()
     return worker

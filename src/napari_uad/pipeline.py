@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import time
 import warnings
+from collections.abc import Generator
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -19,9 +20,9 @@ import numpy as np
 from . import __version__
 from .io import Scan
 from .methods import get_method_class
-from .methods.base import Method, ProgressCallback, StopCallback
-from .postprocess import binarise, lesion_table
-from .preprocess import PreparedVolume, prepare_volume
+from .methods.base import Method, Progress, ProgressCallback, StopCallback, run_to_completion
+from .postprocess import binarise, erode_mask, lesion_table
+from .preprocess import PreparedVolume, from_canonical, prepare_volume
 
 
 @dataclass
@@ -107,7 +108,16 @@ def _load_method_cached(method_class, path: str, stamp: int, device: str) -> Loa
     )
 
 
-def detect(
+def detect(scan: Scan, *, progress: ProgressCallback | None = None, **kwargs) -> Detection:
+    """Detect anomalies in a scan: :func:`iter_detect` run to its end.
+
+    Takes the same keyword arguments as :func:`iter_detect`; ``progress`` is called with every
+    :class:`~napari_uad.methods.base.Progress` update.
+    """
+    return run_to_completion(iter_detect(scan, **kwargs), progress)
+
+
+def iter_detect(
     scan: Scan,
     *,
     method: str = "anoddpm",
@@ -118,12 +128,16 @@ def detect(
     batch_size: int = 8,
     threshold: float | str = "auto",
     min_size: int = 0,
+    erode_brain: int = 0,
     slices=None,
-    progress: ProgressCallback | None = None,
     should_stop: StopCallback | None = None,
     **params,
-) -> Detection:
-    """Detect anomalies in a scan.
+) -> Generator[Progress, None, Detection]:
+    """Detect anomalies in a scan, as a generator of progress updates returning the result.
+
+    Yields a :class:`~napari_uad.methods.base.Progress` after every network evaluation (with
+    a preview of the current restoration) and returns a :class:`Detection`. Closing the
+    generator, or ``should_stop()`` returning True, stops within one denoising step.
 
     Parameters
     ----------
@@ -141,11 +155,14 @@ def detect(
         threshold.
     min_size : int
         Lesion components smaller than this many voxels are dropped.
+    erode_brain : int
+        Erode the brain mask by this many voxels (per axial slice) before scoring, which
+        silences the brain edge where reconstructions are least reliable.
     slices : sequence of int, optional
         Restrict to these axial slices (indices in RAS+ orientation, see
         :func:`napari_uad.preprocess.to_canonical`); all slices with brain when None.
-    progress, should_stop : callables, optional
-        Progress updates and cooperative cancellation (see :class:`~.methods.base.Method`).
+    should_stop : callable, optional
+        Cooperative cancellation (see :meth:`~.methods.base.Method.iter_restore`).
     **params
         Method parameters (``noise``, ``noise_level``, ``steps``, ...).
     """
@@ -168,13 +185,12 @@ def detect(
     timings["preprocess_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    result = loaded.method.restore(
+    result = yield from loaded.method.iter_restore(
         prepared.model_slices[keep],
         prepared.mask_model[keep],
         seed=seed,
         batch_size=batch_size,
         slice_ids=prepared.slice_indices[keep],
-        progress=progress,
         should_stop=should_stop,
         **params,
     )
@@ -186,6 +202,9 @@ def detect(
     healthy_model[keep] = result.healthy
     anomaly_model[keep] = result.anomaly
     brain_mask_input = prepared.brain_mask_input
+    if erode_brain > 0:
+        eroded = erode_mask(prepared.brain_mask_ras, iterations=erode_brain)
+        brain_mask_input = from_canonical(eroded, prepared.orientation)
     anomaly = prepared.to_input_grid(anomaly_model).clip(min=0) * brain_mask_input
     healthy = _to_scan_intensity(prepared, prepared.to_input_grid(healthy_model), config)
     healthy *= brain_mask_input
@@ -211,6 +230,7 @@ def detect(
             "threshold": threshold_value,
             "threshold_source": threshold_source,
             "min_size": min_size,
+            "erode_brain": erode_brain,
             "brain_mask": "given" if brain_mask is not None else "estimated",
         },
         "napari_uad_version": __version__,

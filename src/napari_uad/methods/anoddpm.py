@@ -90,13 +90,12 @@ class AnoDDPM(Method):
         ]
         return torch.cat(noise).to(like.device, like.dtype)
 
-    def _restore_batch(self, images, masks, params, generators, tracker):
+    def _restore_batch(self, images, masks, params, generators):
         kind = params["noise"]
         eta = float(params["eta"])
         timesteps = self.timesteps(params)
         clean = images * 2 - 1
         sample = self.scheduler.add_noise(clean, self._noise(kind, clean, generators), timesteps[0])
-        intermediates = []
         for index, t in enumerate(timesteps):
             prev_t = timesteps[index + 1] if index + 1 < len(timesteps) else -1
             t_batch = torch.full((len(sample),), t, device=sample.device, dtype=torch.long)
@@ -106,12 +105,10 @@ class AnoDDPM(Method):
                 noise = self._noise(kind, sample, generators)
             result = self.scheduler.step(output, t, sample, prev_t=prev_t, eta=eta, noise=noise)
             sample = result.prev_sample
-            estimate = (result.pred_original + 1) / 2
-            intermediates.append(estimate)
-            tracker.step(estimate)
+            yield (result.pred_original + 1) / 2
         healthy = ((sample + 1) / 2).clamp(0, 1) * masks
         anomaly = residual_map(images, healthy, masks, smoothing=int(params["smoothing"]))
-        return healthy, anomaly, intermediates
+        return healthy, anomaly
 
 
 def residual_map(images, healthy, masks, *, smoothing: int = 0) -> torch.Tensor:

@@ -8,11 +8,12 @@ Mapping to and from the scan's own grid is the pipeline's job (:mod:`napari_uad.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+import torch
 
 
 class Cancelled(Exception):
@@ -76,8 +77,6 @@ class Method(ABC):
     defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, model, config, *, device=None):
-        import torch
-
         self.model = model
         self.config = config
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -105,15 +104,30 @@ class Method(ABC):
         images: np.ndarray,
         brain_masks: np.ndarray,
         *,
+        progress: ProgressCallback | None = None,
+        **kwargs,
+    ) -> RestoreResult:
+        """Pseudo-healthy reconstruction and anomaly map of a stack of slices.
+
+        Runs :meth:`iter_restore` to the end, passing each update to ``progress``; takes the
+        same keyword arguments.
+        """
+        return run_to_completion(self.iter_restore(images, brain_masks, **kwargs), progress)
+
+    def iter_restore(
+        self,
+        images: np.ndarray,
+        brain_masks: np.ndarray,
+        *,
         seed: int = 0,
         batch_size: int = 8,
         slice_ids: Sequence[int] | None = None,
-        progress: ProgressCallback | None = None,
         should_stop: StopCallback | None = None,
         keep_intermediates: bool = False,
         **params,
-    ) -> RestoreResult:
-        """Pseudo-healthy reconstruction and anomaly map of a stack of slices.
+    ) -> Generator[Progress, None, RestoreResult]:
+        """Like :meth:`restore`, as a generator: yields a :class:`Progress` after every network
+        evaluation and returns the :class:`RestoreResult` (napari generator workers use this).
 
         Parameters
         ----------
@@ -127,16 +141,14 @@ class Method(ABC):
             Slices per network evaluation.
         slice_ids : sequence of int, optional
             Identifiers of the slices (their index in the volume); defaults to 0..N-1.
-        progress, should_stop : callables, optional
-            Called after every network evaluation; ``should_stop() -> True`` raises
-            :class:`Cancelled` within one denoising step.
+        should_stop : callable, optional
+            Checked after every network evaluation; returning True raises :class:`Cancelled`,
+            so work stops within one denoising step. Closing the generator stops it too.
         keep_intermediates : bool
             Keep the clean-image estimate after each step (memory grows with the steps).
         **params
             Method parameters; see ``defaults``.
         """
-        import torch
-
         images = np.asarray(images, dtype=np.float32)
         brain_masks = np.asarray(brain_masks, dtype=bool)
         if images.ndim != 3 or images.shape != brain_masks.shape:
@@ -151,31 +163,41 @@ class Method(ABC):
         params = self.resolve_parameters(**params)
         slice_ids = list(range(len(images))) if slice_ids is None else list(slice_ids)
         steps_per_batch = self.evaluations_per_slice(params)
-        n_batches = -(-len(images) // batch_size)
-        tracker = _Tracker(steps_per_batch * n_batches, progress, should_stop)
+        total = steps_per_batch * -(-len(images) // batch_size)
+        done = 0
 
         healthy = np.zeros_like(images)
         anomaly = np.zeros_like(images)
         intermediates: list[list[np.ndarray]] = []
-        with torch.inference_mode():
-            for start in range(0, len(images), batch_size):
-                stop = start + batch_size
-                batch = torch.from_numpy(images[start:stop]).to(self.device)[:, None]
-                mask = torch.from_numpy(brain_masks[start:stop]).to(self.device)[:, None]
-                generators = [
-                    _slice_generator(seed, slice_id, self.device)
-                    for slice_id in slice_ids[start:stop]
-                ]
-                out_healthy, out_anomaly, steps = self._restore_batch(
-                    batch, mask, params, generators, tracker.bind(slice_ids[start:stop])
-                )
-                healthy[start:stop] = out_healthy[:, 0].float().cpu().numpy()
-                anomaly[start:stop] = out_anomaly[:, 0].float().cpu().numpy()
+        for start in range(0, len(images), batch_size):
+            stop = start + batch_size
+            batch_ids = slice_ids[start:stop]
+            batch = torch.from_numpy(images[start:stop]).to(self.device)[:, None]
+            mask = torch.from_numpy(brain_masks[start:stop]).to(self.device)[:, None]
+            generators = [_slice_generator(seed, i, self.device) for i in batch_ids]
+            steps = self._restore_batch(batch, mask, params, generators)
+            estimates = []
+            while True:
+                # Inference mode only around the network work: this generator yields to callers.
+                with torch.inference_mode():
+                    try:
+                        estimate = next(steps)
+                    except StopIteration as finished:
+                        out_healthy, out_anomaly = finished.value
+                        break
+                    preview = estimate[:, 0].float().clamp(0, 1).cpu().numpy()
                 if keep_intermediates:
-                    intermediates.append([s[:, 0].float().cpu().numpy() for s in steps])
+                    estimates.append(preview)
+                done += 1
+                yield Progress(done, total, preview=preview, slice_ids=batch_ids)
+                if should_stop is not None and should_stop():
+                    raise Cancelled("cancelled by the user")
+            healthy[start:stop] = out_healthy[:, 0].float().cpu().numpy()
+            anomaly[start:stop] = out_anomaly[:, 0].float().cpu().numpy()
+            intermediates.append(estimates)
         anomaly[~brain_masks] = 0.0
         stacked = []
-        if keep_intermediates and intermediates:
+        if keep_intermediates:
             stacked = [np.concatenate(parts) for parts in zip(*intermediates, strict=True)]
         return RestoreResult(
             healthy=healthy,
@@ -190,47 +212,29 @@ class Method(ABC):
         """Network evaluations (NFE) one slice needs with these parameters."""
 
     @abstractmethod
-    def _restore_batch(self, images, masks, params, generators, tracker):
-        """Restore a batch: ``images`` (B, 1, H, W) in [0, 1], ``masks`` (B, 1, H, W) bool.
+    def _restore_batch(self, images, masks, params, generators):
+        """Restore a batch, as a generator.
 
-        Returns ``(healthy, anomaly, intermediates)`` as tensors (B, 1, H, W) and a list of
-        (B, 1, H, W) tensors. Call ``tracker.step(preview)`` after every network evaluation.
+        ``images`` (B, 1, H, W) in [0, 1], ``masks`` (B, 1, H, W) bool, ``generators`` one
+        ``torch.Generator`` per slice. Yield the current clean-image estimate (B, 1, H, W) in
+        [0, 1] after every network evaluation, and return ``(healthy, anomaly)`` tensors
+        (B, 1, H, W).
         """
 
 
-def _slice_generator(seed: int, slice_id: int, device):
-    import torch
+def run_to_completion(generator: Generator, progress: ProgressCallback | None = None):
+    """Drive a progress generator to its end, calling ``progress`` with each update; returns
+    the generator's return value."""
+    while True:
+        try:
+            update = next(generator)
+        except StopIteration as finished:
+            return finished.value
+        if progress is not None:
+            progress(update)
 
+
+def _slice_generator(seed: int, slice_id: int, device):
     generator = torch.Generator(device=device if device.type == "cuda" else "cpu")
     generator.manual_seed((int(seed) * 1_000_003 + int(slice_id)) % (2**63 - 1))
     return generator
-
-
-class _Tracker:
-    """Counts network evaluations, reports progress and honours the stop flag."""
-
-    def __init__(self, total, progress, should_stop):
-        self.total = total
-        self.done = 0
-        self.progress = progress
-        self.should_stop = should_stop
-        self.slice_ids = None
-
-    def bind(self, slice_ids):
-        self.slice_ids = list(slice_ids)
-        return self
-
-    def check(self) -> None:
-        if self.should_stop is not None and self.should_stop():
-            raise Cancelled("cancelled by the user")
-
-    def step(self, preview=None, message: str = "") -> None:
-        self.done += 1
-        if self.progress is not None:
-            image = None
-            if preview is not None:
-                image = preview[:, 0].float().clamp(0, 1).cpu().numpy()
-            self.progress(
-                Progress(self.done, self.total, message, preview=image, slice_ids=self.slice_ids)
-            )
-        self.check()
