@@ -25,7 +25,7 @@ def _demo_files(*, out: Path, device: str) -> int:
     from .io import read_mask, read_scan, write_nifti
     from .io.atomic import atomic_write_text
     from .metrics import evaluate
-    from .pipeline import iter_detect
+    from .pipeline import detect
     from .samples import sample_path
 
     scan = read_scan(sample_path("lesion"))
