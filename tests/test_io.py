@@ -6,6 +6,7 @@ import pytest
 from skimage import io as skio
 
 from napari_uad.io import InputError, Scan, nifti_stem, read_mask, read_scan, write_nifti
+from napari_uad.io.nifti import IMAGE_AFFINE
 
 
 def _affine():
@@ -171,7 +172,7 @@ def test_png_rgb_to_luminance(tmp_path):
     scan = read_scan(path)
     assert scan.shape == (30, 40, 1)
     assert scan.header is None
-    np.testing.assert_array_equal(scan.affine, np.eye(4))
+    np.testing.assert_array_equal(scan.affine, IMAGE_AFFINE)
     expected = 0.2125 * 200 + 0.7154 * 100 + 0.0721 * 50
     assert scan.data[10, 20, 0] == pytest.approx(expected, rel=1e-5)
     assert scan.data[0, 0, 0] == 0
@@ -179,7 +180,7 @@ def test_png_rgb_to_luminance(tmp_path):
     out = write_nifti(tmp_path / "slice_anomaly.nii.gz", scan.data[:, :, 0], like=scan)
     back = nib.load(out)
     assert back.shape == (30, 40, 1)
-    np.testing.assert_allclose(back.affine, np.eye(4))
+    np.testing.assert_allclose(back.affine, IMAGE_AFFINE)
 
 
 def test_tiff_grayscale(tmp_path):
@@ -235,3 +236,17 @@ def test_scan_with_data(volume):
     other = scan.with_data(volume * 0)
     assert other.affine is scan.affine and other.shape == scan.shape
     assert not np.shares_memory(other.data, scan.data)
+
+
+def test_png_is_displayed_as_drawn(tmp_path):
+    """A PNG of an axial slice (radiological view) shows up in napari exactly as drawn."""
+    from skimage.io import imsave
+
+    from napari_uad.display import to_display
+
+    picture = np.zeros((20, 30), dtype=np.uint8)
+    picture[2:5, 3:6] = 255  # top-left corner
+    imsave(tmp_path / "slice.png", picture, check_contrast=False)
+    scan = read_scan(tmp_path / "slice.png")
+    display, _ = to_display(scan.data, scan.affine)
+    np.testing.assert_array_equal(display[0] > 0, picture > 0)

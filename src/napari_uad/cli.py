@@ -314,9 +314,17 @@ def _models(args) -> int:
 
 
 def _demo(args) -> int:
+    import importlib.util
+
     from .demo import run_demo
 
-    return run_demo(out=args.out, gui=not args.no_gui and _has_display(), device=args.device)
+    gui = not args.no_gui and _has_display()
+    if gui and importlib.util.find_spec("napari") is None:
+        raise UsageError(
+            "napari is not installed: pip install 'napari-uad[gui]', or run 'napari-uad demo "
+            "--no-gui'"
+        )
+    return run_demo(out=args.out, gui=gui, device=args.device)
 
 
 def _has_display() -> bool:

@@ -29,6 +29,12 @@ _READ_ERRORS = (
 )
 
 
+# Rows run anterior -> posterior (-y), columns patient right -> left (-x), 1 mm pixels.
+IMAGE_AFFINE = np.array(
+    [[0.0, -1.0, 0.0, 0.0], [-1.0, 0.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 1.0]]
+)
+
+
 def _extension(path: Path) -> str:
     name = path.name.lower()
     for ext in NIFTI_EXTENSIONS + IMAGE_EXTENSIONS:
@@ -64,7 +70,9 @@ def read_scan(path: str | os.PathLike) -> Scan:
     ----------
     path : str or path-like
         ``.nii`` or ``.nii.gz`` (read with nibabel), or ``.png``, ``.tif``, ``.tiff`` (a 2-D
-        image; RGB is converted to luminance; the affine is the identity).
+        image; RGB is converted to luminance). Images are taken to show an axial slice in the
+        radiological convention (anterior up, patient's right on the left), which
+        ``IMAGE_AFFINE`` encodes, so they reach the models the same way NIfTI slices do.
 
     Returns
     -------
@@ -91,7 +99,7 @@ def read_scan(path: str | os.PathLike) -> Scan:
     if ext in NIFTI_EXTENSIONS:
         data, affine, header = _read_nifti(path)
     else:
-        data, affine, header = _read_image(path), np.eye(4), None
+        data, affine, header = _read_image(path), IMAGE_AFFINE.copy(), None
     data = _replace_non_finite(data, path)
     return Scan(data=data, affine=affine, header=header, source=path)
 
