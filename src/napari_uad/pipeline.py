@@ -1,7 +1,7 @@
 """Scan in, pseudo-healthy image and anomaly map out, on the scan's own grid.
 
 io -> preprocess -> method (model + sampler) -> postprocess. The CLI, the napari widgets and the
-benchmarks all call :func:`detect`.
+benchmarks all call :func:`detect` (or its generator form :func:`iter_detect`).
 """
 
 from __future__ import annotations
@@ -37,11 +37,13 @@ class Detection:
         Anomaly map in normalised intensity units, 0 outside the brain and outside processed
         slices.
     lesion_mask : (X, Y, Z) uint8 ndarray
-        ``anomaly > threshold`` inside the brain, small components removed.
+        ``anomaly >= threshold`` inside the brain, small components removed.
     brain_mask : (X, Y, Z) bool ndarray
     threshold : float
     provenance : dict
         Method, model, parameters, version, device, timings and NFE (written as JSON).
+    lesions : list of :class:`~napari_uad.postprocess.Lesion`
+        Connected lesions of ``lesion_mask``, largest first, volumes in mL.
     """
 
     healthy: np.ndarray
