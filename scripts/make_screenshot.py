@@ -1,6 +1,6 @@
 """Screenshot of napari running the demo, for the README (needs a display, or xvfb-run).
 
-    xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/make_screenshot.py docs/screenshot.png
+xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/make_screenshot.py docs/screenshot.png
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from napari_uad.io import Scan
-from napari_uad.models.checkpoint import save_checkpoint
+from napari_uad.models.checkpoint import load_checkpoint, save_checkpoint
 from napari_uad.models.config import DiffusionConfig, ModelConfig
 from napari_uad.models.unet import UNetConfig
 from napari_uad.preprocess import prepare_volume
@@ -65,6 +65,16 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--init", type=Path, help="continue from this model folder")
+    parser.add_argument(
+        "--noise-level",
+        type=int,
+        default=250,
+        help="default restoration timestep stored in the model",
+    )
+    parser.add_argument(
+        "--smoothing", type=int, default=3, help="default median filter size stored in the model"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -80,12 +90,18 @@ def main():
         unet=UNET,
         diffusion=DiffusionConfig(prediction_type="sample", noise=args.noise),
         defaults={
-            "noise_level": 250 if args.noise == "simplex" else 200,
+            "noise_level": args.noise_level,
             "steps": 10,
             "eta": 0.0,
-            "smoothing": 3,
+            "smoothing": args.smoothing,
         },
     )
+    initial, previous = None, {}
+    if args.init:
+        initial, init_config = load_checkpoint(args.init)
+        initial.train()
+        previous = init_config.training
+        config.unet = init_config.unet
     started = time.time()
 
     def progress(update):
@@ -108,8 +124,14 @@ def main():
         augment=augment,
         seed=args.seed,
         progress=progress,
+        model=initial,
     )
-    minutes = (time.time() - started) / 60
+    minutes = (time.time() - started) / 60 + previous.get("minutes", 0.0)
+    total_steps = len(history.losses) + previous.get("steps", 0)
+    recipe = f"scripts/train_default_models.py --noise {args.noise} --steps {args.steps}"
+    recipe += f" --noise-level {args.noise_level} --smoothing {args.smoothing}"
+    if args.init:
+        recipe = f"{previous.get('recipe')}, then {recipe} --seed {args.seed} --init <that model>"
 
     # Held-out healthy data for the threshold: fresh augmentations never seen in training.
     generator = torch.Generator().manual_seed(10_000 + args.seed)
@@ -126,12 +148,14 @@ def main():
     config.training = {
         "data": "MNI152 2009 T1 template (nilearn, 1 mm), axial slices with >=35% of the "
         "largest brain area, augmented (affine, elastic, flip, gamma, bias, contrast)",
-        "recipe": f"scripts/train_default_models.py --noise {args.noise} --steps {args.steps}",
-        "steps": len(history.losses),
+        "recipe": recipe,
+        "steps": total_steps,
         "batch_size": args.batch_size,
         "learning_rate": args.lr,
         "max_timestep": args.max_timestep,
-        "final_loss": float(np.mean(history.losses[-20:])),
+        "final_loss": (
+            float(np.mean(history.losses[-20:])) if history.losses else previous.get("final_loss")
+        ),
         "minutes": round(minutes, 1),
         "hardware": f"{platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads",

@@ -1,0 +1,67 @@
+"""Write docs/models.md from the model cards stored in the shipped models' config.json."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WEIGHTS = ROOT / "src" / "napari_uad" / "weights"
+
+
+def card(folder: Path) -> str:
+    config = json.loads((folder / "config.json").read_text())
+    training = config.get("training", {})
+    calibration = config.get("calibration", {})
+    unet = config["unet"]
+    size_mb = (folder / "model.safetensors").stat().st_size / 1e6
+    diffusion = config["diffusion"]
+    rows = [
+        ("method", config["method"]),
+        ("noise", diffusion["noise"]),
+        ("prediction", diffusion["prediction_type"]),
+        ("schedule", f"{diffusion['beta_schedule']}, T = {diffusion['num_train_timesteps']}"),
+        (
+            "network",
+            f"UNet, widths {[unet['base_channels'] * m for m in unet['channel_mults']]}, "
+            f"{unet['num_res_blocks']} res block(s) per level, attention at the "
+            f"coarsest level; {size_mb:.1f} MB (float16)",
+        ),
+        ("grid", f"{config['grid']} x {config['grid']}"),
+        ("defaults", ", ".join(f"{k} = {v}" for k, v in config.get("defaults", {}).items())),
+        (
+            "calibrated threshold",
+            f"{calibration.get('threshold')} "
+            f"({calibration.get('percentile')}th percentile of "
+            f"{calibration.get('data', 'healthy data')})",
+        ),
+    ]
+    rows += [(f"training: {k}", v) for k, v in training.items()]
+    lines = [f"## `{config['name']}`", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def main():
+    folders = sorted(p for p in WEIGHTS.iterdir() if (p / "config.json").is_file())
+    text = [
+        "# Shipped models",
+        "",
+        "Small default models, trained on healthy data only. Every number below is read from the "
+        "model's own `config.json` (`python scripts/write_model_cards.py` regenerates this page). "
+        "Reproduce a model from scratch with the `recipe` command (needs `pip install "
+        "nilearn`; CPU, 2 cores).",
+        "",
+        "Why x0-prediction and t <= 500: on this compute budget (about a thousand training "
+        "steps) direct restoration objectives converge far faster than epsilon-prediction, and "
+        "anomaly detection only ever restores from t <= 500, so training on higher timesteps "
+        "would spend capacity the method never uses.",
+        "",
+    ]
+    text += [card(folder) + "\n" for folder in folders]
+    (ROOT / "docs" / "models.md").write_text("\n".join(text))
+    print(f"wrote docs/models.md ({len(folders)} models)")
+
+
+if __name__ == "__main__":
+    main()
