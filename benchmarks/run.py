@@ -39,7 +39,7 @@ def baseline_row(scan, brain, truth) -> dict:
     metrics = evaluate(scores, truth, mask=brain)
     return {
         "method": "baseline",
-        "model": "|x - median| (no model)",
+        "model": "deviation from brain median (no model)",
         "noise_level": "-",
         "steps": "-",
         "nfe": 0,

@@ -172,7 +172,7 @@ def test_import_is_light():
     assert out.stdout.split() == ["False", "False"]
 
 
-@pytest.mark.parametrize("extra", [[], ["--noise", "gaussian", "--steps", "2"]])
+@pytest.mark.parametrize("extra", [[], ["--noise", "simplex", "--steps", "2"]])
 def test_restore_the_sample_with_the_shipped_models(extra, tmp_path):
     """The README's example: the shipped default models on the shipped sample scan."""
     from napari_uad.samples import sample_path
@@ -187,6 +187,6 @@ def test_restore_the_sample_with_the_shipped_models(extra, tmp_path):
         assert image.shape == source.shape
         np.testing.assert_allclose(image.affine, source.affine)
     record = json.loads((out / "lesion_t1.json").read_text())
-    assert record["model"] == ("anoddpm-gaussian" if extra else "anoddpm-simplex")
+    assert record["model"] == ("anoddpm-simplex" if extra else "anoddpm-gaussian")
     assert record["parameters"]["threshold_source"] == "model calibration"
     assert record["slices_processed"] == 24

@@ -98,7 +98,11 @@ def list_models(method: str | None = None) -> list[ModelInfo]:
 
 
 def default_model_name(method: str, *, noise: str | None = None) -> str:
-    """Name of the shipped model for a method (and noise type, for ``anoddpm``)."""
+    """Name of the shipped model for a method (and noise type, for ``anoddpm``).
+
+    Without a noise type ``anoddpm`` uses the Gaussian model, the better of the two shipped
+    ones on the benchmark (docs/benchmarks.md).
+    """
     if method == "anoddpm":
-        return f"anoddpm-{noise or 'simplex'}"
+        return f"anoddpm-{noise or 'gaussian'}"
     return method
