@@ -208,7 +208,7 @@ def iter_detect(
         eroded = erode_mask(prepared.brain_mask_ras, iterations=erode_brain)
         brain_mask_input = from_canonical(eroded, prepared.orientation)
     anomaly = prepared.to_input_grid(anomaly_model).clip(min=0) * brain_mask_input
-    healthy = _to_scan_intensity(prepared, prepared.to_input_grid(healthy_model), config)
+    healthy = _to_scan_intensity(prepared, prepared.to_input_grid(healthy_model))
     healthy *= brain_mask_input
     threshold_value, threshold_source = _resolve_threshold(
         threshold, config, anomaly, brain_mask_input
@@ -267,17 +267,9 @@ def _select_slices(prepared: PreparedVolume, slices) -> np.ndarray:
     return keep
 
 
-def _to_scan_intensity(prepared: PreparedVolume, healthy01: np.ndarray, config) -> np.ndarray:
+def _to_scan_intensity(prepared: PreparedVolume, healthy01: np.ndarray) -> np.ndarray:
     """Undo the percentile normalisation so the pseudo-healthy image shares the scan's units."""
-    data = prepared.scan.data
-    inside = data[prepared.brain_mask_input]
-    low, high = np.percentile(
-        inside,
-        [
-            config.preprocessing.get("lower_percentile", 1.0),
-            config.preprocessing.get("upper_percentile", 99.0),
-        ],
-    )
+    low, high = prepared.intensity_range
     return (healthy01 * (high - low) + low).astype(np.float32)
 
 

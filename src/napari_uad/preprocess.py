@@ -167,28 +167,14 @@ def _default_threshold(values: np.ndarray) -> float:
     return float(max(frac, min(noise, otsu)))
 
 
-def normalise_intensity(
+def intensity_range(
     volume: np.ndarray,
     mask: np.ndarray,
     *,
     lower_percentile: float = 1.0,
     upper_percentile: float = 99.0,
-) -> np.ndarray:
-    """Clip and scale intensities to [0, 1] by percentiles inside a mask.
-
-    Parameters
-    ----------
-    volume : ndarray, shape (X, Y, Z)
-        Intensities.
-    mask : ndarray of bool, shape (X, Y, Z)
-        Brain mask; percentiles are computed over its voxels.
-    lower_percentile, upper_percentile : float
-        Percentiles (0-100) mapped to 0 and 1.
-
-    Returns
-    -------
-    ndarray of float32, shape (X, Y, Z)
-        Values in [0, 1] inside the mask, 0 outside.
+) -> tuple[float, float]:
+    """The intensities at two percentiles inside a mask (the range mapped to [0, 1]).
 
     Raises
     ------
@@ -212,7 +198,48 @@ def normalise_intensity(
         raise InputError(
             "The scan is constant inside the brain mask: check the scan and the brain mask"
         )
-    out = np.zeros(volume.shape, dtype=np.float32)
+    return float(lo), float(hi)
+
+
+def normalise_intensity(
+    volume: np.ndarray,
+    mask: np.ndarray,
+    *,
+    lower_percentile: float = 1.0,
+    upper_percentile: float = 99.0,
+    value_range: tuple[float, float] | None = None,
+) -> np.ndarray:
+    """Clip and scale intensities to [0, 1] by percentiles inside a mask.
+
+    Parameters
+    ----------
+    volume : ndarray, shape (X, Y, Z)
+        Intensities.
+    mask : ndarray of bool, shape (X, Y, Z)
+        Brain mask; percentiles are computed over its voxels.
+    lower_percentile, upper_percentile : float
+        Percentiles (0-100) mapped to 0 and 1.
+    value_range : (float, float), optional
+        The intensities mapped to 0 and 1, when already known (see `intensity_range`).
+
+    Returns
+    -------
+    ndarray of float32, shape (X, Y, Z)
+        Values in [0, 1] inside the mask, 0 outside.
+
+    Raises
+    ------
+    InputError
+        Bad percentiles, shape mismatch, empty mask, or constant intensities inside the mask.
+    """
+    if value_range is None:
+        value_range = intensity_range(
+            volume, mask, lower_percentile=lower_percentile, upper_percentile=upper_percentile
+        )
+    lo, hi = value_range
+    mask = np.asarray(mask, dtype=bool)
+    inside = np.asarray(volume)[mask].astype(np.float32, copy=False)
+    out = np.zeros(mask.shape, dtype=np.float32)
     out[mask] = np.clip((inside - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)
     return out
 
@@ -509,6 +536,8 @@ class PreparedVolume:
         Normalised slices on the model grid (the model's input).
     mask_model : ndarray of bool, shape (N, grid, grid)
         Brain mask on the model grid.
+    intensity_range : (float, float)
+        Scan intensities mapped to 0 and 1 (to map restorations back to the scan's units).
     """
 
     scan: Scan
@@ -520,6 +549,7 @@ class PreparedVolume:
     slice_indices: np.ndarray
     model_slices: np.ndarray
     mask_model: np.ndarray
+    intensity_range: tuple[float, float]
 
     @property
     def grid(self) -> int:
@@ -619,9 +649,10 @@ def prepare_volume(
         mask_ras, _ = to_canonical(brain_mask.astype(bool), scan.affine)
         if not mask_ras.any():
             raise InputError("The brain mask is empty: give a mask that covers the brain")
-    normalised = normalise_intensity(
+    value_range = intensity_range(
         data_ras, mask_ras, lower_percentile=lower_percentile, upper_percentile=upper_percentile
     )
+    normalised = normalise_intensity(data_ras, mask_ras, value_range=value_range)
     geometry = slice_geometry(mask_ras, _spacing(affine_ras), grid=grid)
     indices = slices_with_brain(mask_ras, min_fraction=min_fraction)
     return PreparedVolume(
@@ -634,4 +665,5 @@ def prepare_volume(
         slice_indices=indices,
         model_slices=to_model_grid(normalised, geometry, indices=indices),
         mask_model=to_model_grid(mask_ras, geometry, indices=indices),
+        intensity_range=value_range,
     )
