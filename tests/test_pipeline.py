@@ -72,3 +72,4 @@ def test_erode_brain_silences_the_edge(tiny_model_dir, phantom_scan_files):
     inner = eroded.brain_mask.astype(bool)
     np.testing.assert_allclose(eroded.anomaly[inner], plain.anomaly[inner])
     assert eroded.provenance["parameters"]["erode_brain"] == 2
+    np.testing.assert_allclose(eroded.healthy, plain.healthy)  # restoration is not cropped

@@ -39,6 +39,8 @@ class Detection:
     lesion_mask : (X, Y, Z) uint8 ndarray
         ``anomaly >= threshold`` inside the brain, small components removed.
     brain_mask : (X, Y, Z) bool ndarray
+        The region scored: the brain mask, eroded when ``erode_brain > 0`` (the
+        pseudo-healthy image keeps the whole brain).
     threshold : float
     provenance : dict
         Method, model, parameters, version, device, timings and NFE (written as JSON).
@@ -204,16 +206,15 @@ def iter_detect(
     healthy_model[keep] = result.healthy
     anomaly_model[keep] = result.anomaly
     brain_mask_input = prepared.brain_mask_input
+    scored = brain_mask_input
     if erode_brain > 0:
         eroded = erode_mask(prepared.brain_mask_ras, iterations=erode_brain)
-        brain_mask_input = from_canonical(eroded, prepared.orientation)
-    anomaly = prepared.to_input_grid(anomaly_model).clip(min=0) * brain_mask_input
+        scored = from_canonical(eroded, prepared.orientation)
+    anomaly = prepared.to_input_grid(anomaly_model).clip(min=0) * scored
     healthy = _to_scan_intensity(prepared, prepared.to_input_grid(healthy_model))
     healthy *= brain_mask_input
-    threshold_value, threshold_source = _resolve_threshold(
-        threshold, config, anomaly, brain_mask_input
-    )
-    lesion_mask = binarise(anomaly, threshold_value, brain_mask=brain_mask_input, min_size=min_size)
+    threshold_value, threshold_source = _resolve_threshold(threshold, config, anomaly, scored)
+    lesion_mask = binarise(anomaly, threshold_value, brain_mask=scored, min_size=min_size)
     lesions = lesion_table(lesion_mask, anomaly, spacing=scan.spacing)
     timings["postprocess_s"] = time.perf_counter() - tick
     timings["total_s"] = time.perf_counter() - started
@@ -249,7 +250,7 @@ def iter_detect(
         healthy=healthy.astype(np.float32),
         anomaly=anomaly.astype(np.float32),
         lesion_mask=lesion_mask.astype(np.uint8),
-        brain_mask=brain_mask_input,
+        brain_mask=scored,
         threshold=threshold_value,
         provenance=provenance,
         lesions=lesions,
