@@ -118,6 +118,33 @@ class DDPMScheduler:
             eps = (sample - abar.sqrt() * x0) / (1 - abar).sqrt()
         return x0, eps
 
+    def posterior_sample(
+        self, original: torch.Tensor, sample: torch.Tensor, t, noise: torch.Tensor
+    ) -> torch.Tensor:
+        """Draw x_{t-1} ~ q(x_{t-1} | x_t, x_0) per sample (Ho et al. 2020, eqs. 6-7).
+
+        Parameters
+        ----------
+        original : tensor
+            The clean image, or a network's estimate of it.
+        sample : tensor
+            x_t.
+        t : int or (B,) tensor
+            Current timesteps; where t = 0 the result is ``original``.
+        noise : tensor
+            Standard Gaussian noise shaped like ``sample``.
+        """
+        self._check_timestep(t)
+        t = torch.as_tensor(t, device=self.alphas_cumprod.device).long()
+        abar_t = self._alpha_bar(t, sample)
+        abar_prev = self._alpha_bar(t - 1, sample)
+        beta = (1 - abar_t / abar_prev).clamp(0, 1)
+        mean = (
+            abar_prev.sqrt() * beta * original + (1 - beta).sqrt() * (1 - abar_prev) * sample
+        ) / (1 - abar_t)
+        std = (beta * (1 - abar_prev) / (1 - abar_t)).clamp_min(0).sqrt()
+        return mean + std * noise
+
     # -- reverse process --------------------------------------------------------------------
     def timesteps(self, num_steps: int, *, start: int | None = None) -> list[int]:
         """Descending timesteps for a strided reverse pass from ``start`` down to 0.

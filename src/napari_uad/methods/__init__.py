@@ -5,7 +5,7 @@ Heavy imports (torch) happen when a method class is requested, not on import of 
 
 from __future__ import annotations
 
-METHOD_NAMES = ("anoddpm",)
+METHOD_NAMES = ("anoddpm", "addm")
 
 
 def get_method_class(name: str):
@@ -14,4 +14,8 @@ def get_method_class(name: str):
         from .anoddpm import AnoDDPM
 
         return AnoDDPM
+    if name == "addm":
+        from .addm import ADDM
+
+        return ADDM
     raise ValueError(f"unknown method {name!r}: available methods are {', '.join(METHOD_NAMES)}")

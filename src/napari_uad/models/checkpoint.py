@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
+from torch import nn
 
 from ..io.atomic import atomic_write, atomic_write_text
 from .config import ModelConfig
+from .discriminator import DiscriminatorConfig, PatchDiscriminator
 from .unet import UNet
+from .vae import VAE, VAEConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 _PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
 
 
@@ -22,8 +27,21 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message says why in one line."""
 
 
-def save_checkpoint(folder, model: UNet, config: ModelConfig, *, half: bool = False) -> Path:
-    """Write ``config.json`` and ``model.safetensors`` into ``folder`` atomically.
+_COMPONENT_KINDS = {
+    "vae": (VAE, VAEConfig),
+    "discriminator": (PatchDiscriminator, DiscriminatorConfig),
+}
+
+
+def save_checkpoint(
+    folder,
+    model: UNet,
+    config: ModelConfig,
+    *,
+    half: bool = False,
+    components: dict[str, nn.Module] | None = None,
+) -> Path:
+    """Write ``config.json``, ``model.safetensors`` (and components) into ``folder`` atomically.
 
     Parameters
     ----------
@@ -31,21 +49,32 @@ def save_checkpoint(folder, model: UNet, config: ModelConfig, *, half: bool = Fa
         Created if needed; existing files of the same names are replaced.
     model : UNet
     config : ModelConfig
+        Its ``components`` must describe every entry of ``components``.
     half : bool
         Store the weights as float16 (half the size; loaded back as float32).
+    components : dict of str to nn.Module, optional
+        Further networks, each saved as ``<name>.safetensors``.
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    for name, module in (components or {}).items():
+        if name not in config.components or not _NAME.match(name):
+            raise ValueError(f"component {name!r} is not described in config.components")
+        _write_weights(folder / f"{name}.safetensors", module, half=half)
+    _write_weights(folder / WEIGHTS_NAME, model, half=half)
+    atomic_write_text(folder / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
+    return folder
+
+
+def _write_weights(path: Path, module: nn.Module, *, half: bool) -> None:
     tensors = {
         key: (value.half() if half and value.is_floating_point() else value)
         .detach()
         .cpu()
         .contiguous()
-        for key, value in model.state_dict().items()
+        for key, value in module.state_dict().items()
     }
-    atomic_write(folder / WEIGHTS_NAME, lambda path: save_file(tensors, path))
-    atomic_write_text(folder / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
-    return folder
+    atomic_write(path, lambda temp: save_file(tensors, temp))
 
 
 def load_config(folder) -> ModelConfig:
@@ -72,32 +101,58 @@ def load_checkpoint(folder, *, device="cpu") -> tuple[UNet, ModelConfig]:
     folder = _checkpoint_folder(folder)
     config = load_config(folder)
     model = UNet(config.unet)
+    _load_weights(model, folder / WEIGHTS_NAME, folder)
+    return model.eval().to(device), config
+
+
+def load_component(folder, name: str, *, config: ModelConfig | None = None, device="cpu"):
+    """Load a further network (``config.components[name]``) saved beside a model.
+
+    Returns
+    -------
+    nn.Module in eval mode, float32, on ``device``
+    """
+    folder = _checkpoint_folder(folder)
+    config = config or load_config(folder)
+    entry = config.components.get(name)
+    if not isinstance(entry, dict) or entry.get("kind") not in _COMPONENT_KINDS:
+        raise CheckpointError(f"{folder / CONFIG_NAME} describes no component {name!r}")
+    build, config_class = _COMPONENT_KINDS[entry["kind"]]
     try:
-        tensors = load_file(str(folder / WEIGHTS_NAME))
+        module = build(config_class.from_dict(entry.get("config", {})))
+    except (TypeError, ValueError) as error:
+        raise CheckpointError(f"{folder / CONFIG_NAME}: component {name!r}: {error}") from None
+    path = folder / f"{name}.safetensors"
+    if not path.is_file():
+        raise CheckpointError(f"{folder}: {path.name} is missing")
+    _load_weights(module, path, folder)
+    return module.eval().to(device)
+
+
+def _load_weights(module: nn.Module, path: Path, folder: Path) -> None:
+    try:
+        tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(
-            f"{folder / WEIGHTS_NAME} is not a valid safetensors file: {error}"
-        ) from None
-    expected = model.state_dict()
+        raise CheckpointError(f"{path} is not a valid safetensors file: {error}") from None
+    expected = module.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))
     if missing or unexpected:
         raise CheckpointError(
-            f"weights in {folder} do not match its config.json "
+            f"weights in {path} do not match {folder / CONFIG_NAME} "
             f"({len(missing)} missing, {len(unexpected)} unexpected tensors)"
         )
     for key, value in tensors.items():
         if value.shape != expected[key].shape:
             raise CheckpointError(
-                f"weights in {folder} do not match its config.json: {key} has shape "
+                f"weights in {path} do not match {folder / CONFIG_NAME}: {key} has shape "
                 f"{tuple(value.shape)}, expected {tuple(expected[key].shape)}"
             )
         if value.is_floating_point() and not torch.isfinite(value).all():
-            raise CheckpointError(f"weights in {folder} contain NaN or Inf ({key})")
-    model.load_state_dict(
+            raise CheckpointError(f"weights in {path} contain NaN or Inf ({key})")
+    module.load_state_dict(
         {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}
     )
-    return model.eval().to(device), config
 
 
 def _checkpoint_folder(folder) -> Path:

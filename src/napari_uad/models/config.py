@@ -45,6 +45,10 @@ class ModelConfig:
         Healthy thresholds, e.g. ``{"threshold": 0.31, "percentile": 99.5}``.
     training : dict
         Summary of data, steps, time and recipe (the model card).
+    components : dict
+        Further networks stored beside ``model.safetensors``, by name: ``{"vae": {"kind":
+        "vae", "config": {...}}}`` is saved as ``vae.safetensors`` (MAD-AD's autoencoder, ADDM's
+        discriminator).
     """
 
     name: str
@@ -58,6 +62,7 @@ class ModelConfig:
     defaults: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
+    components: dict = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:

@@ -27,8 +27,12 @@ class AugmentConfig:
 
 
 def augment_batch(
-    images: torch.Tensor, *, config: AugmentConfig | None = None, generator=None
-) -> torch.Tensor:
+    images: torch.Tensor,
+    *,
+    config: AugmentConfig | None = None,
+    generator=None,
+    masks: torch.Tensor | None = None,
+):
     """Randomly deform and re-contrast a batch of slices.
 
     Parameters
@@ -36,10 +40,12 @@ def augment_batch(
     images : (B, 1, H, W) tensor in [0, 1], background 0
     config : AugmentConfig
     generator : torch.Generator, optional
+    masks : (B, 1, H, W) bool tensor, optional
+        Brain masks, deformed with the images (nearest neighbour).
 
     Returns
     -------
-    (B, 1, H, W) tensor in [0, 1]
+    (B, 1, H, W) tensor in [0, 1], and the deformed masks when ``masks`` is given
     """
     config = config or AugmentConfig()
     batch, _, height, width = images.shape
@@ -67,7 +73,16 @@ def augment_batch(
         field = F.interpolate(coarse, size=(height, width), mode="bicubic", align_corners=False)
         grid = grid + field.permute(0, 2, 3, 1) * config.elastic_magnitude * 2
     warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    foreground = warped > 1e-3
+    if masks is not None:
+        masks = (
+            F.grid_sample(
+                masks.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False
+            )
+            > 0.5
+        )
+        foreground = masks
+    else:
+        foreground = warped > 1e-3
 
     gamma = torch.exp(uniform(batch, 1, 1, 1) * math.log1p(config.gamma))
     out = warped.clamp(0, 1) ** gamma
@@ -81,4 +96,5 @@ def augment_batch(
             dim=(2, 3), keepdim=True
         ).clamp_min(1)
         out = (out - mean) * factor + mean
-    return (out * foreground).clamp(0, 1)
+    out = (out * foreground).clamp(0, 1)
+    return out if masks is None else (out, masks)

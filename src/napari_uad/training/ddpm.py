@@ -1,17 +1,12 @@
-"""Training a DDPM (Gaussian or simplex noise) on healthy slices.
+"""DDPM trainer (Gaussian or simplex noise), as in Pinaya et al. and AnoDDPM.
 
-The loop is small on purpose: sample a batch, augment, noise at a random timestep, regress the
-target of the model's ``prediction_type``, clip gradients, update EMA weights. EMA weights are what
-is saved and sampled. Progress and stop are plain callables so the CLI and the Train widget call
-the same function.
+Each step noises a batch at random timesteps and regresses the target of the model's
+``prediction_type`` (noise, clean image or velocity). Restoration only ever starts from
+t <= the method's noise level, so ``max_timestep`` can restrict training to those timesteps
+(the network's capacity then goes where it is used).
 """
 
 from __future__ import annotations
-
-import copy
-import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,26 +14,92 @@ import torch.nn.functional as F
 
 from ..diffusion.noise import make_noise
 from ..diffusion.scheduler import DDPMScheduler
-from ..models.config import ModelConfig
-from ..models.unet import UNet
-from .augment import AugmentConfig, augment_batch
+from ..models.config import DiffusionConfig, ModelConfig
+from ..models.unet import UNet, UNetConfig
+from .loop import Trainer
 
 
-@dataclass
-class TrainUpdate:
-    """Sent to the progress callback after every step."""
+def compact_unet(
+    base_channels: int = 16, in_channels: int = 1, out_channels: int = 1
+) -> UNetConfig:
+    """The small UNet the shipped models use (about 2.8 M parameters at 16 base channels)."""
+    return UNetConfig(
+        in_channels=in_channels,
+        out_channels=out_channels,
+        base_channels=base_channels,
+        channel_mults=(1, 2, 4, 8),
+        num_res_blocks=1,
+        attention_levels=(False, False, False, True),
+    )
 
-    step: int
-    total: int
-    loss: float
-    seconds: float
 
+class DDPMTrainer(Trainer):
+    """Denoising diffusion training; exports an ``anoddpm`` model."""
 
-@dataclass
-class TrainHistory:
-    losses: list[float] = field(default_factory=list)
-    seconds: float = 0.0
-    stopped: bool = False
+    family = "ddpm"
+    method = "anoddpm"
+    OPTIONS = {"max_timestep": None}
+
+    @classmethod
+    def default_config(
+        cls, name: str, *, grid: int = 128, noise: str = "gaussian", base_channels: int = 16
+    ) -> ModelConfig:
+        """A model config for this family (x0 prediction: it converges fastest here)."""
+        return ModelConfig(
+            name=name,
+            method=cls.method,
+            grid=grid,
+            unet=compact_unet(base_channels),
+            diffusion=DiffusionConfig(prediction_type="sample", noise=noise),
+            defaults={"noise_level": 250, "steps": 10, "eta": 0.0, "smoothing": 3},
+        )
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        diffusion = self.config.diffusion
+        self.scheduler = DDPMScheduler(
+            diffusion.num_train_timesteps,
+            beta_schedule=diffusion.beta_schedule,
+            prediction_type=diffusion.prediction_type,
+        )
+        limit = self.options["max_timestep"] or diffusion.num_train_timesteps
+        self.top = int(min(limit, diffusion.num_train_timesteps))
+
+    def build_networks(self):
+        return {"model": UNet(self.config.unet)}
+
+    def noise_like(self, clean: torch.Tensor) -> torch.Tensor:
+        diffusion = self.config.diffusion
+        noise = make_noise(
+            diffusion.noise,
+            clean.shape,
+            generator=self.generator,
+            simplex_options=diffusion.simplex,
+        )
+        return noise.to(clean.device)
+
+    def denoising_loss(self, clean: torch.Tensor, low: int = 0):
+        """Noise at random timesteps in [low, top); return (loss, t, x_t, network output)."""
+        t = self.randint(low, self.top, len(clean))
+        noise = self.noise_like(clean)
+        noisy = self.scheduler.add_noise(clean, noise, t)
+        output = self.wrapped["model"](noisy, t)
+        loss = F.mse_loss(output.float(), self.scheduler.training_target(clean, noise, t))
+        return loss, t, noisy, output
+
+    def training_step(self, images, masks):
+        loss, *_ = self.denoising_loss(images * 2 - 1)
+        self.update("model", loss)
+        return {"loss": loss.item()}
+
+    def preview(self, images, masks):
+        from ..methods import get_method_class
+
+        method = get_method_class(self.config.method)(
+            self.ema["model"], self.config, device=self.device
+        )
+        result = method.restore(images, masks, seed=self.settings.seed)
+        return np.stack([images, result.healthy]).astype(np.float32)
 
 
 def train_ddpm(
@@ -50,84 +111,55 @@ def train_ddpm(
     learning_rate: float = 2e-4,
     ema_decay: float = 0.995,
     max_timestep: int | None = None,
-    augment: AugmentConfig | None = None,
+    augment=None,
     seed: int = 0,
     device="cpu",
     model: UNet | None = None,
-    progress: Callable[[TrainUpdate], None] | None = None,
-    should_stop: Callable[[], bool] | None = None,
-) -> tuple[UNet, TrainHistory]:
-    """Train a denoising UNet on healthy slices.
+    progress=None,
+    should_stop=None,
+):
+    """Train a DDPM on ready model-grid slices in memory, without writing files.
+
+    A convenience for scripts and tests; :func:`napari_uad.training.api.create_trainer` is the
+    full interface (folders of scans, checkpoints, resume).
 
     Parameters
     ----------
     slices : (N, H, W) float ndarray
-        Healthy slices on the model grid, normalised to [0, 1], background 0.
+        Healthy slices on the model grid in [0, 1], background 0.
     config : ModelConfig
-        Architecture, grid, schedule, prediction type and noise type.
-    steps, batch_size, learning_rate : training length and optimiser settings.
-    ema_decay : float
-        Decay of the exponential moving average of the weights (the returned model).
-    max_timestep : int, optional
-        Train only on timesteps below this (restoration from t <= max_timestep needs no more);
-        None trains on all T.
-    augment : AugmentConfig, optional
-        None disables augmentation.
     model : UNet, optional
-        Start from these weights (fine-tuning) instead of a fresh network.
+        Initial weights (fine-tuning).
 
     Returns
     -------
-    ema_model : UNet in eval mode
-    history : TrainHistory
+    ema_model : UNet in eval mode, on the CPU
+    history : TrainResult (``losses``, ``seconds``, ``stopped``)
     """
-    slices = np.asarray(slices, dtype=np.float32)
-    if slices.ndim != 3 or slices.shape[1:] != (config.grid, config.grid):
-        raise ValueError(f"slices must be (N, {config.grid}, {config.grid})")
-    torch.manual_seed(seed)
-    generator = torch.Generator().manual_seed(seed)
-    device = torch.device(device)
-    model = (model or UNet(config.unet)).to(device).train()
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    optimiser = torch.optim.AdamW(model.parameters(), lr=learning_rate, weight_decay=0.0)
-    warmup = max(1, min(100, steps // 10))
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimiser, lambda s: min(1.0, (s + 1) / warmup))
-    diffusion = config.diffusion
-    scheduler = DDPMScheduler(
-        diffusion.num_train_timesteps,
-        beta_schedule=diffusion.beta_schedule,
-        prediction_type=diffusion.prediction_type,
+    from .dataset import slices_from_arrays
+    from .loop import TrainSettings
+
+    settings = TrainSettings(
+        steps=steps,
+        batch_size=batch_size,
+        learning_rate=learning_rate,
+        warmup_steps=max(1, min(100, steps // 10)),
+        ema_decay=ema_decay,
+        checkpoint_every=0,
+        preview_every=0,
+        seed=seed,
+        augment=augment,
+        holdout=0.0,
+        calibrate=False,
     )
-    top = min(max_timestep or diffusion.num_train_timesteps, diffusion.num_train_timesteps)
-    data = torch.from_numpy(slices)[:, None]
-    history = TrainHistory()
-    started = time.perf_counter()
-    for step in range(steps):
-        if should_stop is not None and should_stop():
-            history.stopped = True
-            break
-        index = torch.randint(0, len(data), (batch_size,), generator=generator)
-        batch = data[index]
-        if augment is not None:
-            batch = augment_batch(batch, config=augment, generator=generator)
-        clean = (batch * 2 - 1).to(device)
-        t = torch.randint(0, top, (batch_size,), generator=generator).to(device)
-        noise = make_noise(
-            diffusion.noise, clean.shape, generator=generator, simplex_options=diffusion.simplex
-        ).to(device)
-        noisy = scheduler.add_noise(clean, noise, t)
-        loss = F.mse_loss(model(noisy, t), scheduler.training_target(clean, noise, t))
-        optimiser.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimiser.step()
-        schedule.step()
-        with torch.no_grad():
-            decay = min(ema_decay, (1 + step) / (10 + step))
-            for ema_param, param in zip(ema.parameters(), model.parameters(), strict=True):
-                ema_param.lerp_(param, 1 - decay)
-        history.losses.append(loss.item())
-        history.seconds = time.perf_counter() - started
-        if progress is not None:
-            progress(TrainUpdate(step + 1, steps, history.losses[-1], history.seconds))
-    return ema.cpu(), history
+    trainer = DDPMTrainer(
+        config,
+        slices_from_arrays(slices),
+        settings,
+        out=None,
+        device=device,
+        init={"model": model} if model is not None else None,
+        max_timestep=max_timestep,
+    )
+    history = trainer.run(progress=progress, should_stop=should_stop)
+    return trainer.ema["model"].cpu(), history
