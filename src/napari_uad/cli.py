@@ -90,6 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--json", type=Path, metavar="PATH", help="also write metrics as JSON")
 
+    _add_train_parser(commands)
+
     commands.add_parser("models", help="list installed models")
 
     demo = commands.add_parser("demo", help="open the sample scan in napari and detect anomalies")
@@ -103,11 +105,61 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_train_parser(commands) -> None:
+    from .training.api import TRAINER_NAMES
+
+    train = commands.add_parser(
+        "train",
+        help="train or fine-tune a model on a folder of healthy scans",
+        description="Train a model on healthy scans (a folder, searched recursively; brain "
+        "masks beside scans as <stem>_mask.nii.gz). Ctrl-C stops and saves a checkpoint; "
+        "--resume continues it.",
+    )
+    train.add_argument("data", type=Path, metavar="DIR", help="folder of healthy NIfTI scans")
+    train.add_argument("--method", choices=TRAINER_NAMES, help="model family (default: ddpm)")
+    train.add_argument(
+        "--out",
+        required=True,
+        metavar="NAME_OR_DIR",
+        help="a model name (saved in the user models folder) or a folder path",
+    )
+    train.add_argument("--noise", choices=("gaussian", "simplex"), help="ddpm noise type")
+    train.add_argument("--steps", type=int, metavar="N", help="total steps (default 1000)")
+    train.add_argument("--batch-size", type=int, metavar="B", help="slices per step (default 16)")
+    train.add_argument("--lr", type=float, metavar="X", help="peak learning rate (default 2e-4)")
+    train.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
+    train.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    train.add_argument("--seed", type=int, help="random seed (default 0)")
+    train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    train.add_argument("--init", metavar="MODEL", help="fine-tune from this model name or folder")
+    train.add_argument("--overwrite", action="store_true", help="replace a run saved in --out")
+    train.add_argument("--grid", type=int, default=128, help="model grid (default 128)")
+    train.add_argument("--channels", type=int, default=16, help="UNet base width (default 16)")
+    train.add_argument("--checkpoint-every", type=int, metavar="N", help="default 200 steps")
+    train.add_argument("--preview-every", type=int, metavar="N", help="default 100 steps")
+    train.add_argument("--no-augment", action="store_true", help="train without augmentation")
+    train.add_argument("--cache", type=Path, metavar="DIR", help="cache prepared slices here")
+    train.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="recipe option, e.g. max_timestep=500 (ddpm/addm), vae_steps=2000 (madad), "
+        "patch_size=64 (disyre), adversarial_weight=0.05 (addm)",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``napari-uad`` command; returns the exit code."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"restore": _restore, "evaluate": _evaluate, "models": _models, "demo": _demo}
+    handlers = {
+        "restore": _restore,
+        "evaluate": _evaluate,
+        "train": _train,
+        "models": _models,
+        "demo": _demo,
+    }
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
@@ -288,6 +340,155 @@ def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4f}"
     return str(value)
+
+
+def _train(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .models.registry import user_models_dir
+    from .training import distributed
+    from .training.api import create_trainer
+    from .training.dataset import load_healthy_folder
+
+    value = args.out
+    out = Path(value).expanduser()
+    if not ("/" in value or os.sep in value or value.startswith(".")):
+        from .models.registry import _NAME
+
+        if not _NAME.match(value):
+            raise UsageError(f"invalid model name {value!r}: use letters, digits, '.', '_', '-'")
+        out = user_models_dir() / value
+    device = distributed.init_from_env(args.device)
+    rank, world = distributed.rank_and_size()
+    leader = rank == 0
+    settings = {
+        key: value
+        for key, value in (
+            ("batch_size", args.batch_size),
+            ("learning_rate", args.lr),
+            ("seed", args.seed),
+            ("checkpoint_every", args.checkpoint_every),
+            ("preview_every", args.preview_every),
+        )
+        if value is not None
+    }
+    if args.no_augment:
+        settings["augment"] = None
+    if args.precision != "auto":
+        settings["precision"] = args.precision
+    try:
+        grid = args.grid
+        if args.resume:
+            from .training.loop import resume_state
+
+            grid = resume_state(out)[1]["config"]["grid"]
+        data = load_healthy_folder(args.data, grid=grid, cache_dir=args.cache)
+        if leader:
+            print(data.report.summary())
+        trainer = create_trainer(
+            data,
+            method=args.method or (None if args.resume else "ddpm"),
+            out=out,
+            steps=args.steps,
+            noise=args.noise,
+            init=args.init,
+            resume=args.resume,
+            overwrite=args.overwrite,
+            grid=args.grid,
+            base_channels=args.channels,
+            device=device,
+            options=_parse_options(args.option),
+            **settings,
+        )
+        if leader:
+            where = f"{trainer.device}" + (f" x {world} processes" if world > 1 else "")
+            print(
+                f"training {trainer.family} model {out.name!r} on {where}: "
+                f"step {trainer.step} of {trainer.settings.steps}, {len(trainer.images)} "
+                f"training slices; writing {out}"
+            )
+        bar = tqdm(
+            total=trainer.settings.steps,
+            initial=trainer.step,
+            unit="step",
+            disable=not leader,
+            desc=trainer.family,
+        )
+        stop = _StopOnInterrupt()
+        with stop:
+            for update in _updates(trainer.iter_run(stop), result := {}):
+                bar.update(1)
+                bar.set_postfix({k: f"{v:.4f}" for k, v in update.losses.items()}, refresh=False)
+        bar.close()
+    finally:
+        distributed.shutdown()
+    result = result["value"]
+    if result.stopped:
+        if leader:
+            print(
+                f"napari-uad: stopped at step {result.step} and saved {result.model_dir}; "
+                f"continue with: napari-uad train {args.data} --out {value} --resume",
+                file=sys.stderr,
+            )
+        return 130
+    if leader:
+        threshold = result.threshold
+        threshold = "" if threshold is None else f", healthy threshold {threshold:.4f}"
+        print(
+            f"saved {result.model_dir} after {result.step} steps "
+            f"({result.seconds / 60:.1f} min{threshold})"
+        )
+    return 0
+
+
+class _StopOnInterrupt:
+    """A stop flag set by the first Ctrl-C (the loop then stops at the next step boundary and
+    saves); a second Ctrl-C interrupts at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self) -> bool:
+        return self.requested
+
+    def __enter__(self):
+        import signal
+
+        def handler(signum, frame):
+            if self.requested:
+                raise KeyboardInterrupt
+            self.requested = True
+
+        try:
+            self.previous = signal.signal(signal.SIGINT, handler)
+        except ValueError:  # not the main thread: leave Ctrl-C alone
+            self.previous = None
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+        return False
+
+
+def _updates(run, result: dict):
+    """Yield a training generator's updates; put its return value in ``result['value']``."""
+    result["value"] = yield from run
+
+
+def _parse_options(items: list[str]) -> dict:
+    options = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--option takes KEY=VALUE, got {item!r}")
+        try:
+            options[key] = json.loads(text)
+        except json.JSONDecodeError:
+            options[key] = text
+    return options
 
 
 def _models(args) -> int:
