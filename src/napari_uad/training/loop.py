@@ -16,6 +16,7 @@ import contextlib
 import copy
 import math
 import platform
+import sys
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator
@@ -380,7 +381,8 @@ class Trainer(ABC):
                 )
         except GeneratorExit:
             self.seconds_before += time.perf_counter() - started
-            self.save()
+            if not sys.is_finalizing():  # an abandoned run at interpreter exit saves nothing
+                self.save()
             raise
         self.seconds_before += time.perf_counter() - started
         threshold = None
