@@ -248,6 +248,9 @@ def test_stop_and_resume_matches_an_uninterrupted_run(slices, tmp_path, method):
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key
     assert resumed.losses == straight.losses
+    log = (tmp_path / "split" / "losses.csv").read_text().splitlines()
+    assert log[0] == "step,loss" and len(log) == 9
+    assert float(log[-1].split(",")[1]) == pytest.approx(straight.losses[-1], rel=1e-5)
     assert load_checkpoint(tmp_path / "split")[1].training["steps"] == 8
 
 

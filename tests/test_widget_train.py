@@ -67,9 +67,7 @@ def test_stop_saves_a_resumable_run(make_napari_viewer, qtbot, healthy_folder, t
     step = load_config(out).training["steps"]
     assert 0 < step < 100_000
     # Resume from the form: continues from the saved step.
-    widget.start_from.setCurrentIndex(
-        widget.start_from.findText("resume the run in the output folder")
-    )
+    widget.start_from.setCurrentIndex(widget.start_from.findText(RESUME))
     widget.steps.setValue(step + 2)
     widget.start()
     qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)

@@ -97,6 +97,14 @@ def create_trainer(
     out = Path(out)
     state_path = out / STATE_NAME
     if resume:
+        ignored = sorted(set(settings) | ({"options"} if options else set()))
+        if ignored:
+            import warnings
+
+            warnings.warn(
+                f"resuming with the run's stored settings; ignoring {', '.join(ignored)}",
+                stacklevel=2,
+            )
         return _resume(data, out, method=method, steps=steps, device=device, grid=grid)
     if state_path.is_file() and not overwrite:
         raise InputError(

@@ -30,6 +30,7 @@ from torch import nn
 
 from .. import __version__
 from ..device import resolve_device
+from ..io.atomic import atomic_write_text
 from ..models.checkpoint import save_checkpoint
 from ..models.config import ModelConfig
 from . import distributed
@@ -46,6 +47,7 @@ from .state import (
 )
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+LOSS_LOG_NAME = "losses.csv"
 
 
 @dataclass
@@ -465,6 +467,8 @@ class Trainer(ABC):
             "data": self.data_report.to_dict(),
         }
         save_state(self.out / STATE_NAME, tensors, metadata)
+        lines = ["step,loss"] + [f"{i + 1},{loss:.6g}" for i, loss in enumerate(self.losses)]
+        atomic_write_text(self.out / LOSS_LOG_NAME, "\n".join(lines) + "\n")
         return self.out
 
     def load_state_tensors(self, tensors: dict, metadata: dict) -> None:
