@@ -84,6 +84,14 @@ def _one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
+def batched(viewer):
+    """Context manager grouping layer-list changes (napari redraws once, not per layer)."""
+    import contextlib
+
+    update = getattr(viewer.layers, "batched_update", None)
+    return update() if update is not None else contextlib.nullcontext()
+
+
 def add_case_layers(viewer, case: LoadedCase, *, name: str | None = None) -> dict[str, Any]:
     """Add a loaded case to a viewer: scan, brain mask, truth and slice-range frame.
 
@@ -108,6 +116,7 @@ def add_case_layers(viewer, case: LoadedCase, *, name: str | None = None) -> dic
     scan = case.scan
     stem = name or scan_stem(scan.source)
     source = str(scan.source)
+    old = []
     for layer in list(viewer.layers):
         info = _info(layer)
         if (
@@ -118,6 +127,9 @@ def add_case_layers(viewer, case: LoadedCase, *, name: str | None = None) -> dic
                 and info.get("role") in ("brain_mask", "truth", "slice_range")
             )
         ):
+            old.append(layer)
+    with batched(viewer):
+        for layer in old:
             viewer.layers.remove(layer)
 
     data, kwargs, _ = scan_layer(scan, name=stem, kind="image", role="scan")
