@@ -130,3 +130,25 @@ def test_dicom_folder_loads(qtbot, widget, tmp_path):
     assert layers["scan"].data.shape == (6, 24, 20)
     assert tuple(layers["scan"].scale) == pytest.approx((2.5, 0.8, 0.9))
     assert "DICOM" in widget.info_label.text() and "int16" in widget.info_label.text()
+
+
+def test_widgets_are_in_the_plugin_menu(make_napari_viewer):
+    from napari_uad.widgets.browser import CaseBrowserWidget
+    from napari_uad.widgets.load import LoadScanWidget
+
+    viewer = make_napari_viewer()
+    _, load_widget = viewer.window.add_plugin_dock_widget("napari-uad", "Load scan")
+    _, browser = viewer.window.add_plugin_dock_widget("napari-uad", "Case browser")
+    assert isinstance(load_widget, LoadScanWidget)
+    assert isinstance(browser, CaseBrowserWidget)
+
+
+def test_dicom_folder_opens_through_napari(make_napari_viewer, tmp_path):
+    pytest.importorskip("pydicom")
+    from tests.test_dicom import marked_volume, write_series
+
+    write_series(tmp_path / "series", marked_volume())
+    viewer = make_napari_viewer()
+    (layer,) = viewer.open(str(tmp_path / "series"), plugin="napari-uad")
+    assert layer.data.shape == (5, 12, 10)
+    assert tuple(layer.scale) == pytest.approx((2.5, 0.8, 0.9))
