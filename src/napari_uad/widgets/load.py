@@ -44,6 +44,7 @@ from ..io.errors import InputError
 SCAN_FILTER = "Scans (*.nii *.nii.gz *.dcm);;All files (*)"
 MASK_FILTER = "NIfTI masks (*.nii *.nii.gz);;All files (*)"
 FRAME_COLOUR = "#ffd200"
+TRUTH_COLOUR = "#00e5ff"
 
 
 def _info(layer) -> dict[str, Any]:
@@ -158,6 +159,7 @@ def add_case_layers(viewer, case: LoadedCase, *, name: str | None = None) -> dic
         kwargs["metadata"]["napari_uad"]["scan"] = source
         truth = viewer.add_labels(data, opacity=0.9, **kwargs)
         truth.contour = 1
+        _colour_labels(truth, TRUTH_COLOUR)
         layers["truth"] = truth
 
     layers["slice_range"] = update_slice_frame(viewer, layers["scan"])
@@ -166,6 +168,16 @@ def add_case_layers(viewer, case: LoadedCase, *, name: str | None = None) -> dic
     viewer.dims.set_point(0, ((start + stop - 1) / 2.0) * layers["scan"].scale[0])
     viewer.reset_view()
     return layers
+
+
+def _colour_labels(layer, colour: str) -> None:
+    """Draw every non-zero label of a labels layer in one colour (where napari allows it)."""
+    try:
+        from napari.utils.colormaps import DirectLabelColormap
+
+        layer.colormap = DirectLabelColormap(color_dict={None: colour, 0: "transparent"})
+    except (ImportError, TypeError, ValueError):  # older napari: keep its default colours
+        pass
 
 
 def update_slice_frame(viewer, scan_layer):
@@ -253,14 +265,15 @@ class LoadScanWidget(QWidget):
         self._notes: dict[str, list[str]] = {}
 
         self.scan_edit = QLineEdit()
-        self.scan_edit.setPlaceholderText("NIfTI file or DICOM folder")
+        self.scan_edit.setPlaceholderText(".nii(.gz) or DICOM")
+        self.scan_edit.setToolTip("A NIfTI file, a DICOM series folder or one .dcm file of it")
         self.scan_file_button = QPushButton("File…")
         self.scan_folder_button = QPushButton("DICOM…")
         self.mask_edit = QLineEdit()
-        self.mask_edit.setPlaceholderText("optional: estimated when empty")
+        self.mask_edit.setPlaceholderText("optional (else estimated)")
         self.mask_button = QPushButton("…")
         self.truth_edit = QLineEdit()
-        self.truth_edit.setPlaceholderText("optional: ground-truth lesion mask")
+        self.truth_edit.setPlaceholderText("optional lesion mask")
         self.truth_button = QPushButton("…")
         self.load_button = QPushButton("Load")
         self.load_button.setToolTip("Read the scan and masks and add them as aligned layers")
