@@ -14,6 +14,8 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid  # 
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)  # rows run to the patient's left, columns posterior
 CORONAL = (1.0, 0.0, 0.0, 0.0, 0.0, -1.0)
+_c, _s = np.cos(0.3), np.sin(0.3)  # axial, rotated 17 degrees about z, then tilted about x
+OBLIQUE = tuple(np.r_[(_c, _s, 0.0), (-_s * np.cos(0.2), _c * np.cos(0.2), np.sin(0.2))])
 
 
 def write_series(
@@ -98,7 +100,9 @@ def ras_of(scan):
     return (scan.affine @ [x, y, z, 1.0])[:3]
 
 
-@pytest.mark.parametrize("orientation", [AXIAL, CORONAL], ids=["axial", "coronal"])
+@pytest.mark.parametrize(
+    "orientation", [AXIAL, CORONAL, OBLIQUE], ids=["axial", "coronal", "oblique"]
+)
 def test_series_geometry_and_rescale(tmp_path, orientation):
     volume = marked_volume()
     lps = write_series(tmp_path / "t1", volume, orientation=orientation, slope=2.0, intercept=-50)
@@ -130,7 +134,7 @@ def test_display_of_dicom_is_radiological(tmp_path):
 def test_one_file_picks_its_series_from_a_mixed_folder(tmp_path):
     write_series(tmp_path / "mixed", marked_volume(), description="T1", prefix="A")
     write_series(tmp_path / "mixed", np.zeros((8, 8, 3)), description="FLAIR", prefix="B")
-    with pytest.raises(InputError, match=r"mixes 2 DICOM series .*'T1'.*'FLAIR'"):
+    with pytest.raises(InputError, match=r"holds 2 DICOM series .*'T1'.*'FLAIR'"):
         read_scan(tmp_path / "mixed")
     one = next((tmp_path / "mixed").glob("A*.dcm"))
     assert read_scan(one).shape == (10, 12, 5)

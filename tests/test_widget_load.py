@@ -82,6 +82,10 @@ def test_slice_range_is_stored_and_framed(qtbot, widget, phantom_scan_files):
     widget.all_slices_radio.setChecked(True)
     assert scan.metadata["napari_uad"]["slice_range"] == (0, 6)
     assert len(frame.data) == 6
+    widget.viewer.dims.set_current_step(0, 4)
+    widget.use_current_button.click()  # nearer the end: the range ends at the slice on screen
+    assert widget.range_radio.isChecked()
+    assert scan.metadata["napari_uad"]["slice_range"] == (0, 5)
 
 
 def test_estimate_button_replaces_mask(qtbot, widget, phantom_scan_files):
@@ -89,9 +93,8 @@ def test_estimate_button_replaces_mask(qtbot, widget, phantom_scan_files):
     mask = layers["brain_mask"]
     given = mask.data.copy()
     mask.data = np.zeros_like(given)
-    worker = widget.estimate_brain_mask()
-    with qtbot.waitSignal(worker.finished, timeout=20_000):
-        pass
+    with qtbot.waitSignal(widget.mask_estimated, timeout=20_000):
+        widget.estimate_button.click()
     assert mask.data.shape == given.shape
     dice = 2 * np.sum((mask.data > 0) & (given > 0)) / (np.sum(mask.data > 0) + np.sum(given > 0))
     assert dice > 0.95
@@ -152,3 +155,18 @@ def test_dicom_folder_opens_through_napari(make_napari_viewer, tmp_path):
     (layer,) = viewer.open(str(tmp_path / "series"), plugin="napari-uad")
     assert layer.data.shape == (5, 12, 10)
     assert tuple(layer.scale) == pytest.approx((2.5, 0.8, 0.9))
+
+
+def test_closed_widgets_do_not_break_the_viewer(qtbot, make_napari_viewer):
+    from napari_uad.widgets.browser import CaseBrowserWidget
+    from napari_uad.widgets.load import LoadScanWidget
+
+    viewer = make_napari_viewer()
+    for widget_class in (LoadScanWidget, CaseBrowserWidget):
+        widget = widget_class(viewer)
+        viewer.window.add_dock_widget(widget)
+        viewer.window.remove_dock_widget(widget)
+        widget.deleteLater()
+    qtbot.wait(50)
+    layer = viewer.add_image(np.zeros((3, 4, 4)))
+    viewer.layers.remove(layer)

@@ -171,8 +171,8 @@ def read_dicom(path: str | os.PathLike) -> Scan:
             f"{_describe(items[0][1])} ({len(items)} files)" for items in by_series.values()
         )
         raise InputError(
-            f"{folder.name} mixes {len(by_series)} DICOM series ({names}): put each series in its "
-            "own folder, or open one file of the series you want"
+            f"{folder.name} holds {len(by_series)} DICOM series ({names}): open the folder of "
+            "one series, or one file of the series you want"
         )
     else:
         (series,) = by_series.values()

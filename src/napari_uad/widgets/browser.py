@@ -295,7 +295,7 @@ class CaseBrowserWidget(QWidget):
         self._leave_current()
         self.index = index
         case = self.cases[index]
-        self.review.set_current(case.id)
+        self._save_state(self.review.set_current, case.id)
         self._select_row(index)
         cached = self._cache.pop(case.id, None)
         if cached is not None:
@@ -403,7 +403,7 @@ class CaseBrowserWidget(QWidget):
         with batched(self.viewer):  # one scene-graph clean-up instead of one per layer
             for layer in layers:
                 self.viewer.layers.remove(layer)
-        if layers:
+        if any(_info(layer).get("role") == "scan" for layer in layers):
             self._cache[case.id] = {"layers": layers, "point": point}
         while len(self._cache) > self.max_cached:
             self._cache.popitem(last=False)
@@ -445,15 +445,21 @@ class CaseBrowserWidget(QWidget):
         if index is None or self.review is None:
             return
         case = self.cases[index]
-        try:
-            self.review.set_status(case.id, status, scan=case.scan)
-        except InputError as error:
-            self._fail(error)
+        self._save_state(self.review.set_status, case.id, status, scan=case.scan)
         self._refresh_items()
 
     def _mark_done(self, case: Case) -> None:
         if self.review.status(case.id) == "not run":
-            self.review.set_status(case.id, "done", scan=case.scan)
+            self._save_state(self.review.set_status, case.id, "done", scan=case.scan)
+
+    def _save_state(self, change, *args, **kwargs) -> None:
+        """Apply a change to the review state; a file that cannot be written is reported once."""
+        try:
+            change(*args, **kwargs)
+        except InputError as error:
+            if not getattr(self, "_state_error_shown", False):
+                self._state_error_shown = True
+                self._fail(error)
 
     def _status_chosen(self, status: str) -> None:
         if not self._syncing:

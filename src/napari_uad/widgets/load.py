@@ -252,9 +252,14 @@ class LoadScanWidget(QWidget):
         Slice range (display Z, both inclusive as napari's slider shows them).
     loaded : Signal(dict)
         Emitted with the added layers (by role) after a load.
+    mask_estimated : Signal(Layer)
+        Emitted with the scan layer once its estimated brain mask is in place.
+    failed : Signal(str)
+        Emitted with the one-line message shown when loading or estimating fails.
     """
 
     loaded = Signal(object)
+    mask_estimated = Signal(object)
     failed = Signal(str)
 
     def __init__(self, napari_viewer, parent=None) -> None:
@@ -568,6 +573,10 @@ class LoadScanWidget(QWidget):
         else:
             info["slice_mode"] = "range"
         info["slice_range"] = check_slice_range(*slice_range, n_slices)
+        self._syncing = True
+        self.first_spin.setValue(info["slice_range"][0])
+        self.last_spin.setValue(info["slice_range"][1] - 1)
+        self._syncing = False
         update_slice_frame(self.viewer, layer)
         self._show_range(layer)
         return info["slice_range"]
@@ -635,6 +644,7 @@ class LoadScanWidget(QWidget):
         else:
             update_slice_frame(self.viewer, layer)
         self._show_selected()
+        self.mask_estimated.emit(layer)
 
 
 def _scan_of(layer):
