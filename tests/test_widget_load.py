@@ -170,3 +170,28 @@ def test_closed_widgets_do_not_break_the_viewer(qtbot, make_napari_viewer):
     qtbot.wait(50)
     layer = viewer.add_image(np.zeros((3, 4, 4)))
     viewer.layers.remove(layer)
+
+
+def test_detection_inputs_follow_edits(qtbot, widget, phantom_scan_files):
+    from napari_uad.widgets.load import detection_inputs
+
+    layers = load(qtbot, widget, phantom_scan_files["scan"], phantom_scan_files["mask"])
+    inputs = detection_inputs(widget.viewer, layers["scan"])
+    assert inputs["slices"] is None  # all slices with brain
+    file_mask = np.asarray(nib.load(phantom_scan_files["mask"]).dataobj) > 0
+    np.testing.assert_array_equal(inputs["brain_mask"], file_mask)
+    np.testing.assert_allclose(
+        inputs["scan"].data, nib.load(phantom_scan_files["scan"]).get_fdata(), rtol=1e-6
+    )
+    # Erase the brain on the screen's left half (the patient's right) of one slice.
+    edited = layers["brain_mask"].data.copy()
+    edited[2, :, :24] = 0
+    layers["brain_mask"].data = edited
+    widget.range_radio.setChecked(True)
+    widget.first_spin.setValue(1)
+    widget.last_spin.setValue(3)
+    inputs = detection_inputs(widget.viewer, layers["scan"])
+    np.testing.assert_array_equal(inputs["slices"], [1, 2, 3])
+    # LAS file: x grows towards the patient's left, so the right half is at file x < 24.
+    changed = np.argwhere(inputs["brain_mask"] != file_mask)
+    assert changed.size and set(changed[:, 2]) == {2} and changed[:, 0].max() < 24

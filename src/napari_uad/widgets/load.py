@@ -647,6 +647,38 @@ class LoadScanWidget(QWidget):
         self.mask_estimated.emit(layer)
 
 
+def detection_inputs(viewer, scan_layer) -> dict[str, Any]:
+    """What a detection needs from a scan loaded with this widget, read on the main thread.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    scan_layer : napari.layers.Image
+        A layer with role ``"scan"``.
+
+    Returns
+    -------
+    dict
+        ``scan``: the :class:`~napari_uad.io.Scan` on the file's grid; ``brain_mask``: the
+        (possibly edited) brain mask layer as a bool array on the file's grid, or None when
+        there is none; ``slices``: the RAS+ slice indices of the chosen range (display Z equals
+        RAS+ Z), or None for "all slices with brain". These are the ``scan``, ``brain_mask``
+        and ``slices`` arguments of :func:`napari_uad.pipeline.iter_detect`.
+    """
+    from ..display import from_display
+
+    info = _info(scan_layer)
+    mask_layer = companion_layers(viewer, scan_layer).get("brain_mask")
+    brain_mask = None
+    if mask_layer is not None and mask_layer.data.shape == scan_layer.data.shape:
+        brain_mask = from_display(np.asarray(mask_layer.data) > 0, info["affine"])
+    slices = None
+    if info.get("slice_mode") == "range" and info.get("slice_range"):
+        start, stop = info["slice_range"]
+        slices = np.arange(start, stop)
+    return {"scan": _scan_of(scan_layer), "brain_mask": brain_mask, "slices": slices}
+
+
 def _scan_of(layer):
     """The Scan (file grid) behind a scan layer."""
     from ..display import from_display
