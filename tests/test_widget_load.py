@@ -195,3 +195,20 @@ def test_detection_inputs_follow_edits(qtbot, widget, phantom_scan_files):
     # LAS file: x grows towards the patient's left, so the right half is at file x < 24.
     changed = np.argwhere(inputs["brain_mask"] != file_mask)
     assert changed.size and set(changed[:, 2]) == {2} and changed[:, 0].max() < 24
+
+
+def test_scan_with_skull_gets_a_clear_message(qtbot, widget, tmp_path, monkeypatch):
+    import napari_uad.widgets.load as load_module
+
+    warnings = []
+    monkeypatch.setattr(load_module, "_warn", warnings.extend)
+    rng = np.random.default_rng(0)
+    head = rng.rayleigh(20.0, size=(40, 40, 8)).astype(np.float32)  # noisy air, no zeros
+    head[6:34, 6:34] += 300.0  # scalp and skull ...
+    head[10:30, 10:30] += 300.0  # ... around the brain
+    path = tmp_path / "with_skull.nii.gz"
+    nib.save(nib.Nifti1Image(head, np.eye(4)), path)
+    load(qtbot, widget, path)
+    assert len(warnings) == 1 and "does not look skull-stripped" in warnings[0]
+    assert not widget.notes_label.isHidden()
+    assert "give a brain mask" in widget.notes_label.text()

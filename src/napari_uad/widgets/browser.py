@@ -45,7 +45,7 @@ from ..cases import (
     open_cases,
 )
 from ..io.errors import InputError
-from .load import _info, _one_line, _show_error, add_case_layers, batched
+from .load import _info, _one_line, _show_error, _warn, add_case_layers, batched
 
 LOADER_ROLES = ("scan", "brain_mask", "truth", "slice_range")
 RESULT_ROLES = (
@@ -336,6 +336,7 @@ class CaseBrowserWidget(QWidget):
             return
         try:
             layers = add_case_layers(self.viewer, loaded, name=case.id)
+            _warn(loaded.notes)
             for item in stored:
                 self._add_stored(item, loaded.scan, layers)
         except Exception as error:  # never let a bad file take the viewer down

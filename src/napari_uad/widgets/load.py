@@ -78,6 +78,13 @@ def _show_error(message: str) -> None:
     show_error(message)
 
 
+def _warn(notes) -> None:
+    from napari.utils.notifications import show_warning
+
+    for note in notes:
+        show_warning(note)
+
+
 def _one_line(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     if isinstance(error, InputError) and text:
@@ -140,6 +147,7 @@ def add_case_layers(viewer, case: LoadedCase, *, name: str | None = None) -> dic
         brain_slices=[int(k) for k in case.brain_slices],
         slice_mode="brain",
         slice_range=case.brain_span,
+        notes=list(case.notes),
     )
     layers = {"scan": viewer.add_image(data, **kwargs)}
 
@@ -267,7 +275,6 @@ class LoadScanWidget(QWidget):
         self.viewer = napari_viewer
         self.worker = None
         self._syncing = False
-        self._notes: dict[str, list[str]] = {}
 
         self.scan_edit = QLineEdit()
         self.scan_edit.setPlaceholderText(".nii(.gz) or DICOM")
@@ -434,11 +441,7 @@ class LoadScanWidget(QWidget):
         except Exception as error:  # never let a bad file take the viewer down
             self._failed(error)
             return
-        for note in case.notes:
-            from napari.utils.notifications import show_warning
-
-            show_warning(note)
-        self._notes[str(case.scan.source)] = case.notes
+        _warn(case.notes)
         self._refresh_scans()
         self.scan_combo.setCurrentIndex(scan_layers(self.viewer).index(layers["scan"]))
         self._show_selected()
@@ -484,7 +487,7 @@ class LoadScanWidget(QWidget):
             return
         info = _info(layer)
         self.info_label.setText(_info_html(info.get("info") or []))
-        notes = self._notes.get(info.get("source"), [])
+        notes = info.get("notes") or []
         self.notes_label.setText("\n".join(notes))
         self.notes_label.setVisible(bool(notes))
         n_slices = layer.data.shape[0]
@@ -634,11 +637,8 @@ class LoadScanWidget(QWidget):
             (label, f"estimated, {volume_ml:.4g} mL" if label == "Brain mask" else text)
             for label, text in info.get("info") or []
         ]
-        self._notes[info.get("source")] = notes
-        for note in notes:
-            from napari.utils.notifications import show_warning
-
-            show_warning(note)
+        info["notes"] = list(notes)
+        _warn(notes)
         if info.get("slice_mode", "brain") == "brain":
             self.set_slice_range(None)
         else:
