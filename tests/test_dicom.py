@@ -155,6 +155,19 @@ def test_duplicate_positions_are_reported(tmp_path):
         read_scan(tmp_path / "dup")
 
 
+def test_non_image_dicom_file(tmp_path):
+    write_series(tmp_path / "s", marked_volume())
+    report = tmp_path / "s" / "report.dcm"
+    ds = pydicom.dcmread(next((tmp_path / "s").glob("*.dcm")), stop_before_pixels=True)
+    for keyword in ("Rows", "Columns", "ImagePositionPatient"):
+        delattr(ds, keyword)
+    ds.SeriesInstanceUID = generate_uid()
+    ds.save_as(report)
+    assert read_scan(tmp_path / "s").shape == (10, 12, 5)  # the report is left out
+    with pytest.raises(InputError, match="not a DICOM image"):
+        read_scan(report)
+
+
 def test_folder_without_dicom(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "IM0001").write_bytes(b"\x00" * 300)

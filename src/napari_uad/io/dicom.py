@@ -165,7 +165,9 @@ def read_dicom(path: str | os.PathLike) -> Scan:
     for file, ds in headers:
         by_series[_series_uid(ds, file)].append((file, ds))
     if wanted_series is not None:
-        series = by_series[wanted_series]
+        series = by_series.get(wanted_series)
+        if not series:
+            raise InputError(f"{path.name} is not a DICOM image (no pixel rows): open an image")
     elif len(by_series) > 1:
         names = ", ".join(
             f"{_describe(items[0][1])} ({len(items)} files)" for items in by_series.values()
