@@ -25,14 +25,56 @@ def get_reader(path):
     return read_nifti_layers
 
 
+def get_dicom_reader(path):
+    """Return a reader for a DICOM series folder or ``.dcm`` file, else None.
+
+    The check peeks at a few files (no pydicom needed); reading then needs pydicom and says so
+    when it is missing.
+    """
+    from .io.dicom import looks_like_dicom
+
+    if not isinstance(path, (str, Path)) or not looks_like_dicom(path):
+        return None
+    return read_dicom_layers
+
+
+def read_dicom_layers(path) -> list[tuple]:
+    """Layer data tuple of one DICOM series (a folder, or one file of the series)."""
+    from .cases import scan_stem
+    from .io.dicom import read_dicom
+
+    scan = read_dicom(path)
+    return [scan_layer(scan, name=scan_stem(path), kind="image", role="scan")]
+
+
 def read_nifti_layers(path) -> list[tuple]:
     """Layer data tuples for one or more NIfTI files (masks become labels layers)."""
     paths = [path] if isinstance(path, (str, Path)) else list(path)
     return [scan_layer(read_scan(p)) for p in paths]
 
 
-def scan_layer(scan: Scan, *, name: str | None = None, kind: str | None = None) -> tuple:
-    """A napari layer data tuple for a scan, labels if it looks like a mask."""
+def scan_layer(
+    scan: Scan, *, name: str | None = None, kind: str | None = None, role: str | None = None
+) -> tuple:
+    """A napari layer data tuple for a scan, labels if it looks like a mask.
+
+    Parameters
+    ----------
+    scan : Scan
+        Volume on its file grid; shown with :func:`napari_uad.display.to_display`.
+    name : str, optional
+        Layer name (default: the file name without extension).
+    kind : {'image', 'labels'}, optional
+        Layer type; guessed from the values when None (few non-negative integers: labels).
+    role : str, optional
+        Stored as ``metadata["napari_uad"]["role"]`` (e.g. ``"scan"``, ``"brain_mask"``,
+        ``"truth"``) so widgets find layers by what they hold, not by name.
+
+    Returns
+    -------
+    tuple
+        ``(data, kwargs, layer_type)`` for ``viewer.add_<layer_type>(data, **kwargs)``.
+    """
     data, scale = to_display(scan.data, scan.affine)
     values = np.unique(data[:: max(1, data.size // 200_000)])
     is_mask = kind == "labels" or (
@@ -54,6 +96,8 @@ def scan_layer(scan: Scan, *, name: str | None = None, kind: str | None = None) 
             }
         },
     }
+    if role is not None:
+        meta["metadata"]["napari_uad"]["role"] = role
     if is_mask:
         return data.astype(np.uint8), meta, "labels"
     low, high = np.percentile(data[data > 0], [0.5, 99.5]) if (data > 0).any() else (0, 1)

@@ -64,15 +64,17 @@ def nifti_stem(path: str | os.PathLike) -> str:
 
 
 def read_scan(path: str | os.PathLike) -> Scan:
-    """Read a NIfTI volume or a 2-D image file.
+    """Read a NIfTI volume, a DICOM series or a 2-D image file.
 
     Parameters
     ----------
     path : str or path-like
-        ``.nii`` or ``.nii.gz`` (read with nibabel), or ``.png``, ``.tif``, ``.tiff`` (a 2-D
-        image; RGB is converted to luminance). Images are taken to show an axial slice in the
-        radiological convention (anterior up, patient's right on the left), which
-        ``IMAGE_AFFINE`` encodes, so they reach the models the same way NIfTI slices do.
+        ``.nii`` or ``.nii.gz`` (read with nibabel), a folder holding one DICOM series or a
+        ``.dcm`` file of one (read with pydicom, see :func:`napari_uad.io.dicom.read_dicom`),
+        or ``.png``, ``.tif``, ``.tiff`` (a 2-D image; RGB is converted to luminance).
+        Images are taken to show an axial slice in the radiological convention (anterior
+        up, patient's right on the left), which ``IMAGE_AFFINE`` encodes, so they reach the
+        models the same way NIfTI slices do.
 
     Returns
     -------
@@ -84,17 +86,21 @@ def read_scan(path: str | os.PathLike) -> Scan:
     Raises
     ------
     InputError
-        The file is missing, has an unsupported extension, is corrupt or is not an image.
+        The file is missing, has an unsupported extension, is corrupt or is not an image; or
+        the DICOM folder is not one complete series.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"File not found: {path}")
-    if path.is_dir():
-        raise InputError(f"{path} is a folder: give an image file (.nii, .nii.gz, .png, .tif)")
+    if path.is_dir() or path.suffix.lower() in (".dcm", ".dicom", ".ima"):
+        from .dicom import read_dicom
+
+        return read_dicom(path)
     ext = _extension(path)
     if not ext:
         raise InputError(
-            f"Unsupported file type: {path.name}; use .nii, .nii.gz, .png, .tif or .tiff"
+            f"Unsupported file type: {path.name}; use .nii, .nii.gz, a DICOM folder, .png, .tif "
+            "or .tiff"
         )
     if ext in NIFTI_EXTENSIONS:
         data, affine, header = _read_nifti(path)
