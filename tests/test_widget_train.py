@@ -95,3 +95,9 @@ def test_training_error_is_shown_and_the_widget_recovers(
     qtbot.waitUntil(lambda: widget.worker is None, timeout=60_000)
     assert "no usable scan" in messages[0]
     assert widget.start_button.isEnabled()
+
+
+def test_train_widget_is_in_the_plugin_menu(make_napari_viewer):
+    viewer = make_napari_viewer()
+    dock, widget = viewer.window.add_plugin_dock_widget("napari-uad", "Train")
+    assert isinstance(widget, TrainWidget)
