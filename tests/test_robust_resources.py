@@ -151,13 +151,14 @@ def _rss_mb() -> float:
 
 
 def test_memory_is_flat_over_a_100_slice_run(tiny_model_dir):
-    """100 slices, one per batch, 3 steps each (300 network evaluations): resident memory and
-    Python allocations measured at every step stay flat after the first batches."""
+    """100 slices, one per batch, 2 steps each (200 network evaluations): resident memory and
+    Python/numpy allocations measured at every step stay flat after the first slices. The
+    bounds are below what keeping one 32 x 32 result per step would add (0.8 MB)."""
     data = make_dataset(100, size=32, seed=3, lesion_kinds=["tumour", "ms"])
     images, masks = data["images"].astype(np.float32), data["masks"].astype(bool)
     model, config = load_checkpoint(tiny_model_dir)
     method = AnoDDPM(model, config)
-    method.restore(images[:4], masks[:4], batch_size=1, steps=3)  # warm-up
+    method.restore(images[:4], masks[:4], batch_size=1, steps=2)  # warm-up
     rss, traced = [], []
     tracemalloc.start()
     try:
@@ -166,16 +167,16 @@ def test_memory_is_flat_over_a_100_slice_run(tiny_model_dir):
             rss.append(_rss_mb())
             traced.append(tracemalloc.get_traced_memory()[0] / 2**20)
 
-        result = method.restore(images, masks, batch_size=1, steps=3, progress=record)
+        result = method.restore(images, masks, batch_size=1, steps=2, progress=record)
     finally:
         tracemalloc.stop()
-    assert len(rss) == 300 and result.anomaly.shape == (100, 32, 32)
-    settled = slice(30, None)  # after the first 10 slices
-    rss_growth = max(rss[settled]) - rss[30]
-    traced_growth = max(traced[settled]) - traced[30]
+    assert len(rss) == 200 and result.anomaly.shape == (100, 32, 32)
+    settled = slice(20, None)  # after the first 10 slices
+    rss_growth = max(rss[settled]) - rss[20]
+    traced_growth = max(traced[settled]) - traced[20]
     print(
         f"\n100-slice run: RSS {rss[0]:.1f} -> {rss[-1]:.1f} MB (growth after slice 10: "
         f"{rss_growth:.2f} MB); traced Python/numpy memory growth {traced_growth:.3f} MB"
     )
-    assert rss_growth < 20.0
-    assert traced_growth < 1.0
+    assert rss_growth < 8.0
+    assert traced_growth < 0.5

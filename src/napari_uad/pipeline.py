@@ -150,6 +150,12 @@ def iter_detect(
     a preview of the current restoration) and returns a :class:`Detection`. Closing the
     generator, or ``should_stop()`` returning True, stops within one denoising step.
 
+    Out of memory on a GPU, the batch is halved (down to one slice), then the run starts again
+    on the CPU; each step gives a warning, and the provenance records ``batch_size_used`` and
+    ``device_fallback``. Out of memory on the CPU with one slice per batch raises
+    :class:`~napari_uad.io.InputError`. NaN and Inf voxels are set to 0 with a warning; scans
+    above the size limit (:mod:`napari_uad.io.limits`) are refused.
+
     Parameters
     ----------
     scan : Scan
