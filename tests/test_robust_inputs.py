@@ -349,3 +349,29 @@ def test_corrupt_file_in_napari_gives_a_notification(make_napari_viewer, tmp_pat
     viewer.window._qt_viewer._qt_open([str(bad), str(good)], stack=False, plugin="napari-uad")
     assert [layer.name for layer in viewer.layers] == ["good"]
     assert viewer.layers["good"].data.shape == image.shape[::-1]
+
+
+@pytest.mark.parametrize(
+    "truth, brain, message",
+    [
+        ("empty", None, "no positive voxels"),
+        ("full", None, "no negative voxels"),
+        ("full", "empty", "mask is empty"),
+        ("other_grid", None, "voxel grid"),
+    ],
+)
+def test_evaluate_bad_truth_and_masks(truth, brain, message, tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    shape = (10, 12, 3)
+    files = {
+        "map": _save(tmp_path / "map.nii.gz", rng.random(shape).astype(np.float32)),
+        "empty": _save(tmp_path / "empty.nii.gz", np.zeros(shape, np.uint8)),
+        "full": _save(tmp_path / "full.nii.gz", np.ones(shape, np.uint8)),
+        "other_grid": _save(tmp_path / "other.nii.gz", np.ones((10, 12, 4), np.uint8)),
+    }
+    args = ["evaluate", str(files["map"]), "--truth", str(files[truth])]
+    if brain:
+        args += ["--brain-mask", str(files[brain])]
+    capsys.readouterr()
+    code = main([*args, "--json", str(tmp_path / "out" / "metrics.json")])
+    _assert_one_line_error(code, capsys.readouterr().err.splitlines(), message, tmp_path / "out")
