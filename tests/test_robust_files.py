@@ -271,3 +271,23 @@ def test_figure_and_csv_exports_are_atomic(tmp_path, monkeypatch):
         lesions_to_csv(lesions, tmp_path / "lesions.csv")
     monkeypatch.undo()
     assert _listing(tmp_path) == []
+
+
+def test_failed_overwrite_leaves_no_mix_of_old_and_new_outputs(
+    scan_file, tiny_model_dir, tmp_path, monkeypatch, capsys
+):
+    out = tmp_path / "out"
+    assert _restore([scan_file], tiny_model_dir, out) == 0
+    real_save = nib.save
+    calls = []
+
+    def save(img, filename):
+        calls.append(filename)
+        if len(calls) == 2:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        real_save(img, filename)
+
+    monkeypatch.setattr(nib, "save", save)
+    assert _restore([scan_file], tiny_model_dir, out, "--overwrite") == 2
+    assert "No space left" in _error_line(capsys)
+    assert _listing(out) == []  # not a new healthy image beside an old anomaly map

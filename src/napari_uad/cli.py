@@ -212,18 +212,15 @@ def _restore(args) -> int:
             "outputs": {k: v.name for k, v in outputs.items() if k != "provenance"},
             **result.provenance,
         }
-        written = []
-        try:  # all four outputs or none: a failed write removes this input's others
-            written.append(write_nifti(outputs["healthy"], result.healthy, like=scan))
-            written.append(write_nifti(outputs["anomaly"], result.anomaly, like=scan))
-            written.append(
-                write_nifti(outputs["mask"], result.lesion_mask, like=scan, dtype="uint8")
-            )
-            text = json.dumps(provenance, indent=2) + "\n"
-            written.append(atomic_write_text(outputs["provenance"], text))
+        try:
+            write_nifti(outputs["healthy"], result.healthy, like=scan)
+            write_nifti(outputs["anomaly"], result.anomaly, like=scan)
+            write_nifti(outputs["mask"], result.lesion_mask, like=scan, dtype="uint8")
+            atomic_write_text(outputs["provenance"], json.dumps(provenance, indent=2) + "\n")
         except BaseException:
-            for done in written:
-                done.unlink(missing_ok=True)
+            # All four outputs or none (with --overwrite, no mix of old and new files either).
+            for output in outputs.values():
+                output.unlink(missing_ok=True)
             raise
         summary = result.provenance["lesions"]
         print(
