@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .display import from_display, to_display
-from .io import Scan, nifti_stem, read_scan, write_nifti
+from .io import InputError, Scan, nifti_stem, read_scan, write_nifti
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 
@@ -48,9 +48,25 @@ def read_dicom_layers(path) -> list[tuple]:
 
 
 def read_nifti_layers(path) -> list[tuple]:
-    """Layer data tuples for one or more NIfTI files (masks become labels layers)."""
+    """Layer data tuples for one or more NIfTI files (masks become labels layers).
+
+    A file that cannot be read is reported in a napari notification (one line saying why) and
+    skipped; when none can be read no layer is added and the viewer carries on.
+    """
     paths = [path] if isinstance(path, (str, Path)) else list(path)
-    return [scan_layer(read_scan(p)) for p in paths]
+    layers = []
+    for p in paths:
+        try:
+            layers.append(scan_layer(read_scan(p)))
+        except InputError as error:
+            _notify_error(str(error))
+    return layers or [(None,)]  # [(None,)]: napari's "read, nothing to add"
+
+
+def _notify_error(message: str) -> None:
+    from napari.utils.notifications import show_error
+
+    show_error(message)
 
 
 def scan_layer(

@@ -16,8 +16,10 @@ import warnings
 from pathlib import Path
 
 from . import __version__
+from .device import cpu_threads
 
 EXIT_BAD_INPUT = 2
+THREADS_HELP = "CPU threads for the networks (default: $NAPARI_UAD_THREADS, else all cores)"
 
 
 class UsageError(Exception):
@@ -63,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="erode the brain mask by N voxels before scoring (silences the brain edge)",
     )
     restore.add_argument("--batch-size", type=int, default=8)
+    restore.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     restore.add_argument("--out", required=True, type=Path, metavar="DIR")
     restore.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
@@ -102,6 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo.add_argument("--out", type=Path, default=Path("napari-uad-demo"), metavar="DIR")
     demo.add_argument("--device", default="auto")
+    demo.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     return parser
 
 
@@ -161,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         "demo": _demo,
     }
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), cpu_threads(getattr(args, "threads", None)):
             warnings.simplefilter("default")
             warnings.formatwarning = _format_warning
             return handlers[args.command](args) or 0
@@ -207,6 +211,15 @@ def _restore(args) -> int:
     stems = [nifti_stem(path) for path in args.inputs]
     if len(set(stems)) != len(stems):
         raise UsageError("two inputs share a file name; their outputs would collide")
+    planned = [_output_paths(args.out, stem) for stem in stems]
+    given = [*args.inputs, *(m for m in masks if m != "auto")]
+    for outputs in planned:
+        for output in outputs.values():
+            if any(_same_path(output, other) for other in given):
+                raise UsageError(f"refusing to overwrite the input file {output}: change --out")
+        existing = [p.name for p in outputs.values() if p.exists()]
+        if existing and not args.overwrite:
+            raise UsageError(f"{existing[0]} exists in {args.out}; pass --overwrite to replace")
     args.out.mkdir(parents=True, exist_ok=True)
     params = {
         "noise": args.noise,
@@ -216,16 +229,7 @@ def _restore(args) -> int:
         "smoothing": args.smoothing,
     }
     params = {k: v for k, v in params.items() if v is not None}
-    for index, (path, stem) in enumerate(zip(args.inputs, stems, strict=True)):
-        outputs = {
-            "healthy": args.out / f"{stem}_healthy.nii.gz",
-            "anomaly": args.out / f"{stem}_anomaly.nii.gz",
-            "mask": args.out / f"{stem}_mask.nii.gz",
-            "provenance": args.out / f"{stem}.json",
-        }
-        existing = [p.name for p in outputs.values() if p.exists()]
-        if existing and not args.overwrite:
-            raise UsageError(f"{existing[0]} exists in {args.out}; pass --overwrite to replace")
+    for index, (path, stem, outputs) in enumerate(zip(args.inputs, stems, planned, strict=True)):
         scan = read_scan(path)
         mask_arg = masks[index] if len(masks) == len(args.inputs) else (masks[0] if masks else None)
         brain_mask = None if mask_arg in (None, "auto") else read_mask(mask_arg, like=scan)
@@ -254,16 +258,22 @@ def _restore(args) -> int:
         finally:
             for bar in bars:
                 bar.close()
-        write_nifti(outputs["healthy"], result.healthy, like=scan)
-        write_nifti(outputs["anomaly"], result.anomaly, like=scan)
-        write_nifti(outputs["mask"], result.lesion_mask, like=scan, dtype="uint8")
         provenance = {
             "input": str(Path(path).resolve()),
             "input_shape": list(scan.shape),
             "outputs": {k: v.name for k, v in outputs.items() if k != "provenance"},
             **result.provenance,
         }
-        atomic_write_text(outputs["provenance"], json.dumps(provenance, indent=2) + "\n")
+        try:
+            write_nifti(outputs["healthy"], result.healthy, like=scan)
+            write_nifti(outputs["anomaly"], result.anomaly, like=scan)
+            write_nifti(outputs["mask"], result.lesion_mask, like=scan, dtype="uint8")
+            atomic_write_text(outputs["provenance"], json.dumps(provenance, indent=2) + "\n")
+        except BaseException:
+            # All four outputs or none (with --overwrite, no mix of old and new files either).
+            for output in outputs.values():
+                output.unlink(missing_ok=True)
+            raise
         summary = result.provenance["lesions"]
         print(
             f"{stem}: {summary['count']} lesion(s), {summary['total_volume_ml']:.2f} mL at "
@@ -271,6 +281,22 @@ def _restore(args) -> int:
             f"-> {args.out}"
         )
     return 0
+
+
+def _output_paths(out: Path, stem: str) -> dict[str, Path]:
+    return {
+        "healthy": out / f"{stem}_healthy.nii.gz",
+        "anomaly": out / f"{stem}_anomaly.nii.gz",
+        "mask": out / f"{stem}_mask.nii.gz",
+        "provenance": out / f"{stem}.json",
+    }
+
+
+def _same_path(a, b) -> bool:
+    a, b = Path(a), Path(b)
+    if a.exists() and b.exists():
+        return os.path.samefile(a, b)
+    return a.resolve() == b.resolve()
 
 
 def _evaluate(args) -> int:
@@ -284,6 +310,9 @@ def _evaluate(args) -> int:
         raise UsageError(f"got {len(args.maps)} maps but {len(args.truth)} --truth masks")
     if args.brain_mask and len(args.brain_mask) != len(args.maps):
         raise UsageError("give one --brain-mask per map")
+    given = [*args.maps, *args.truth, *(args.brain_mask or [])]
+    if args.json and any(_same_path(args.json, other) for other in given):
+        raise UsageError(f"refusing to overwrite the input file {args.json}: change --json")
     rows = []
     pooled_scores, pooled_truth = [], []
     for index, (map_path, truth_path) in enumerate(zip(args.maps, args.truth, strict=True)):

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from contextlib import contextmanager
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 
@@ -37,3 +40,48 @@ def resolve_device(choice: str = "auto"):
     if kind != "cpu" and kind not in available_devices():
         raise ValueError(f"device {choice!r} is not available here (found: {available_devices()})")
     return torch.device(choice)
+
+
+THREADS_ENV = "NAPARI_UAD_THREADS"
+
+
+@contextmanager
+def cpu_threads(count: int | None = None):
+    """Limit the CPU threads torch uses inside a ``with`` block, then restore the old number.
+
+    Parameters
+    ----------
+    count : int, optional
+        Threads for torch's CPU work; when None, ``$NAPARI_UAD_THREADS`` if set, else no limit
+        (torch's default: one per core).
+
+    Yields
+    ------
+    int or None
+        The limit in force, None when there is none.
+
+    Raises
+    ------
+    ValueError
+        The count (or the environment variable) is not a positive integer.
+    """
+    source = "--threads"
+    if count is None and os.environ.get(THREADS_ENV, "").strip():
+        source, count = THREADS_ENV, os.environ[THREADS_ENV].strip()
+    if count is None:
+        yield None
+        return
+    try:
+        count = int(count)
+    except ValueError:
+        count = 0
+    if count < 1:
+        raise ValueError(f"{source} must be a positive number of threads")
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield count
+    finally:
+        torch.set_num_threads(previous)

@@ -18,9 +18,16 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .io import Scan
+from .io import InputError, Scan
 from .methods import get_method_class
-from .methods.base import Method, Progress, ProgressCallback, StopCallback, run_to_completion
+from .methods.base import (
+    Method,
+    Progress,
+    ProgressCallback,
+    StopCallback,
+    is_out_of_memory,
+    run_to_completion,
+)
 from .postprocess import binarise, erode_mask, lesion_table
 from .preprocess import PreparedVolume, from_canonical, prepare_volume
 
@@ -143,6 +150,12 @@ def iter_detect(
     a preview of the current restoration) and returns a :class:`Detection`. Closing the
     generator, or ``should_stop()`` returning True, stops within one denoising step.
 
+    Out of memory on a GPU, the batch is halved (down to one slice), then the run starts again
+    on the CPU; each step gives a warning, and the provenance records ``batch_size_used`` and
+    ``device_fallback``. Out of memory on the CPU with one slice per batch raises
+    :class:`~napari_uad.io.InputError`. NaN and Inf voxels are set to 0 with a warning; scans
+    above the size limit (:mod:`napari_uad.io.limits`) are refused.
+
     Parameters
     ----------
     scan : Scan
@@ -189,15 +202,30 @@ def iter_detect(
     timings["preprocess_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
-    result = yield from loaded.method.iter_restore(
-        prepared.model_slices[keep],
-        prepared.mask_model[keep],
+    restore_args = dict(
         seed=seed,
         batch_size=batch_size,
         slice_ids=prepared.slice_indices[keep],
         should_stop=should_stop,
         **params,
     )
+    images, masks = prepared.model_slices[keep], prepared.mask_model[keep]
+    fallback = None
+    try:
+        result = yield from loaded.method.iter_restore(images, masks, **restore_args)
+    except Exception as error:
+        if not is_out_of_memory(error):
+            raise
+        where = loaded.method.device
+        if where.type == "cpu":
+            raise InputError(
+                "Out of memory on the CPU even with one slice per batch: close other programs, "
+                "or crop or downsample the scan"
+            ) from error
+        fallback = f"out of memory on {where} with one slice per batch; ran on the CPU"
+        warnings.warn(f"{fallback[0].upper()}{fallback[1:]}", stacklevel=2)
+        loaded = load_method(method, model, noise=params.get("noise"), device="cpu")
+        result = yield from loaded.method.iter_restore(images, masks, **restore_args)
     timings["restore_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -238,6 +266,8 @@ def iter_detect(
         },
         "napari_uad_version": __version__,
         "device": str(loaded.method.device),
+        "device_fallback": fallback,
+        "batch_size_used": result.batch_size or batch_size,
         "nfe_per_slice": result.nfe,
         "slices_processed": n_slices,
         "timings": {k: round(v, 4) for k, v in timings.items()},

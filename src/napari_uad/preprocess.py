@@ -13,6 +13,7 @@ Conventions
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +21,7 @@ from nibabel import orientations as nio
 from scipy import ndimage as ndi
 
 from .io.errors import InputError
+from .io.limits import check_size
 from .io.scan import Scan
 
 _RAS = np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
@@ -30,6 +32,16 @@ def _check_3d(volume: np.ndarray, name: str = "volume") -> np.ndarray:
     if volume.ndim != 3:
         raise InputError(f"{name} must be 3-D (X, Y, Z), got shape {volume.shape}")
     return volume
+
+
+def _finite(volume: np.ndarray) -> np.ndarray:
+    """The volume with NaN and Inf set to 0 (a copy, with a warning), else the volume itself."""
+    bad = ~np.isfinite(volume)
+    count = int(np.count_nonzero(bad))
+    if not count:
+        return volume
+    warnings.warn(f"the scan has {count} NaN or Inf voxels: set to 0", stacklevel=3)
+    return np.where(bad, 0, volume).astype(volume.dtype, copy=False)
 
 
 def to_canonical(data: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -156,7 +168,7 @@ def _default_threshold(values: np.ndarray) -> float:
     from skimage.filters import threshold_otsu
 
     step = max(1, values.size // 2_000_000)
-    sample = values[::step]
+    sample = values[::step].astype(np.float64)  # float64: extreme intensities do not overflow
     lo, hi = np.percentile(sample, [0.5, 99.5])
     if hi <= lo:
         lo, hi = float(sample.min()), float(sample.max())
@@ -190,7 +202,7 @@ def intensity_range(
         )
     if mask.shape != volume.shape:
         raise InputError(f"Mask shape {mask.shape} differs from the scan's {volume.shape}")
-    inside = volume[mask].astype(np.float32, copy=False)
+    inside = volume[mask].astype(np.float64)
     if inside.size == 0:
         raise InputError("The brain mask is empty: give a mask that covers the brain")
     lo, hi = np.percentile(inside, [lower_percentile, upper_percentile])
@@ -238,9 +250,9 @@ def normalise_intensity(
         )
     lo, hi = value_range
     mask = np.asarray(mask, dtype=bool)
-    inside = np.asarray(volume)[mask].astype(np.float32, copy=False)
+    inside = np.asarray(volume)[mask].astype(np.float64)
     out = np.zeros(mask.shape, dtype=np.float32)
-    out[mask] = np.clip((inside - np.float32(lo)) / np.float32(hi - lo), 0.0, 1.0)
+    out[mask] = np.clip((inside - lo) / (hi - lo), 0.0, 1.0)
     return out
 
 
@@ -635,6 +647,8 @@ def prepare_volume(
         Bad mask, constant scan or options.
     """
     data = _check_3d(scan.data, "scan data")
+    check_size(data.shape)
+    data = _finite(data)
     data_ras, orientation = to_canonical(data, scan.affine)
     affine_ras = canonical_affine(scan.affine, data.shape)
     if brain_mask is None:

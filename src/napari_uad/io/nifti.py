@@ -13,6 +13,7 @@ import numpy as np
 
 from .atomic import atomic_write
 from .errors import InputError
+from .limits import check_size
 from .scan import Scan
 
 NIFTI_EXTENSIONS = (".nii.gz", ".nii")
@@ -126,6 +127,9 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
         raise InputError(
             f"{path.name} is not an image (shape {tuple(img.shape)}): give a 2-D or 3-D scan"
         )
+    if img.get_data_dtype().fields:
+        raise InputError(f"{path.name} stores colour (RGB) voxels: give a grayscale scan")
+    check_size(shape[:3], path.name)
     try:
         if len(shape) > 3:
             warnings.warn(
@@ -133,16 +137,23 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
                 stacklevel=3,
             )
             index = (slice(None),) * 3 + (0,) * (len(img.shape) - 3)
-            data = np.asarray(img.dataobj[index]).astype(np.float32, copy=False)
+            data = _as_float32(img.dataobj[index], path)
         else:
-            data = img.get_fdata(dtype=np.float32)
+            data = _as_float32(img.dataobj, path)
+    except InputError:
+        raise
+    except MemoryError:
+        raise InputError(
+            f"Not enough memory to read {path.name} (shape {tuple(img.shape)}): free memory, or "
+            "crop or downsample the scan"
+        ) from None
     except _READ_ERRORS as err:
         raise InputError(
             f"Cannot read {path.name}: the file is corrupt or truncated ({_reason(err)})"
         ) from err
     data = data.reshape(shape[:3] + (1,) * (3 - len(shape)))
     affine = np.array(img.affine, dtype=np.float64)
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-12:
+    if not _usable_affine(affine):
         zooms = np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
         zooms = np.where(np.isfinite(zooms) & (zooms > 0), zooms, 1.0)
         zooms = np.concatenate([zooms, np.ones(3 - zooms.size)])
@@ -153,6 +164,34 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
         )
         affine = np.diag(np.append(zooms, 1.0))
     return np.ascontiguousarray(data), affine, img.header.copy()
+
+
+def _as_float32(values, path: Path) -> np.ndarray:
+    """Scaled voxel values as float32; complex values become their magnitude."""
+    if np.dtype(values.dtype).kind == "c":
+        warnings.warn(f"{path.name} has complex voxels: using their magnitude", stacklevel=4)
+        return np.abs(np.asarray(values)).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        data = np.asarray(values, dtype=np.float32)
+    overflow = np.isinf(data)
+    if overflow.any():
+        wide = np.asarray(values, dtype=np.float64)
+        overflow &= np.isfinite(wide)
+        if overflow.any():
+            largest = float(np.abs(wide[overflow]).max())
+            raise InputError(
+                f"{path.name} has intensities up to {largest:.3g}, beyond the float32 range "
+                "(3.4e38): rescale the scan"
+            )
+    return data
+
+
+def _usable_affine(affine: np.ndarray) -> bool:
+    """Finite, and not singular: tiny voxels are fine, a collapsed axis is not."""
+    if not np.all(np.isfinite(affine)):
+        return False
+    sizes = np.linalg.svd(affine[:3, :3], compute_uv=False)
+    return bool(sizes[0] > 0 and sizes[-1] > 1e-8 * sizes[0])
 
 
 def _read_image(path: Path) -> np.ndarray:
@@ -172,6 +211,7 @@ def _read_image(path: Path) -> np.ndarray:
         )
     if min(image.shape) < 2:
         raise InputError(f"{path.name} is not an image (shape {image.shape})")
+    check_size(image.shape, path.name)
     return np.ascontiguousarray(image, dtype=np.float32)[:, :, None]
 
 
@@ -309,6 +349,8 @@ def _make_image(data: np.ndarray, like: Scan) -> nib.Nifti1Image:
         img.header.set_xyzt_units("mm")
         return img
     header = like.header.copy()
+    if data.ndim == 3 and data.shape == (*header.get_data_shape(), 1):
+        data = data[:, :, 0]  # a 2-D input file gets a 2-D output file
     header.set_data_dtype(data.dtype)
     header.set_slope_inter(1.0, 0.0)
     header["cal_min"] = 0.0

@@ -7,6 +7,7 @@ Mapping to and from the scan's own grid is the pipeline's job (:mod:`napari_uad.
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +56,9 @@ class RestoreResult:
         The parameters actually used (defaults filled in).
     intermediates : list of (N, H, W) ndarray
         Clean-image estimates along the way, when requested.
+    batch_size : int or None
+        Slices per network evaluation at the end (smaller than asked after running out of
+        memory).
     """
 
     healthy: np.ndarray
@@ -62,6 +66,7 @@ class RestoreResult:
     nfe: int
     parameters: dict[str, Any]
     intermediates: list[np.ndarray] = field(default_factory=list)
+    batch_size: int | None = None
 
 
 class Method(ABC):
@@ -75,8 +80,19 @@ class Method(ABC):
     name: ClassVar[str]
     description: ClassVar[str] = ""
     defaults: ClassVar[dict[str, Any]] = {}
+    #: Channels of the network's input and output images.
+    channels: ClassVar[tuple[int, int]] = (1, 1)
 
     def __init__(self, model, config, *, device=None):
+        from ..models.checkpoint import CheckpointError
+
+        unet = getattr(config, "unet", None)
+        found = (getattr(unet, "in_channels", 1), getattr(unet, "out_channels", 1))
+        if found != self.channels:
+            raise CheckpointError(
+                f"model {config.name!r} maps {found[0]}-channel images to {found[1]} channels; "
+                f"{self.name} needs {self.channels[0]} to {self.channels[1]}"
+            )
         self.model = model
         self.config = config
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -169,32 +185,48 @@ class Method(ABC):
         healthy = np.zeros_like(images)
         anomaly = np.zeros_like(images)
         intermediates: list[list[np.ndarray]] = []
-        for start in range(0, len(images), batch_size):
+        start = 0
+        while start < len(images):
             stop = start + batch_size
             batch_ids = slice_ids[start:stop]
-            batch = torch.from_numpy(images[start:stop]).to(self.device)[:, None]
-            mask = torch.from_numpy(brain_masks[start:stop]).to(self.device)[:, None]
-            generators = [_slice_generator(seed, i, self.device) for i in batch_ids]
-            steps = self._restore_batch(batch, mask, params, generators)
             estimates = []
-            while True:
-                # Inference mode only around the network work: this generator yields to callers.
-                with torch.inference_mode():
-                    try:
-                        estimate = next(steps)
-                    except StopIteration as finished:
-                        out_healthy, out_anomaly = finished.value
-                        break
-                    preview = estimate[:, 0].float().clamp(0, 1).cpu().numpy()
-                if keep_intermediates:
-                    estimates.append(preview)
-                done += 1
-                yield Progress(done, total, preview=preview, slice_ids=batch_ids)
-                if should_stop is not None and should_stop():
-                    raise Cancelled("cancelled by the user")
+            try:
+                batch = torch.from_numpy(images[start:stop]).to(self.device)[:, None]
+                mask = torch.from_numpy(brain_masks[start:stop]).to(self.device)[:, None]
+                generators = [_slice_generator(seed, i, self.device) for i in batch_ids]
+                steps = self._restore_batch(batch, mask, params, generators)
+                while True:
+                    # Inference mode only around the network work: this generator yields.
+                    with torch.inference_mode():
+                        try:
+                            estimate = next(steps)
+                        except StopIteration as finished:
+                            out_healthy, out_anomaly = finished.value
+                            break
+                        preview = estimate[:, 0].float().clamp(0, 1).cpu().numpy()
+                    if keep_intermediates:
+                        estimates.append(preview)
+                    done += 1
+                    yield Progress(done, total, preview=preview, slice_ids=batch_ids)
+                    if should_stop is not None and should_stop():
+                        raise Cancelled("cancelled by the user")
+            except Exception as error:
+                if not is_out_of_memory(error) or batch_size == 1:
+                    raise
+                # Out of memory: free what the batch held, retry it with half the slices.
+                batch = mask = generators = steps = None
+                _empty_cache(self.device)
+                batch_size = max(1, batch_size // 2)
+                warnings.warn(
+                    f"out of memory on {self.device}: retrying with batch size {batch_size}",
+                    stacklevel=2,
+                )
+                total = done + steps_per_batch * -(-(len(images) - start) // batch_size)
+                continue
             healthy[start:stop] = out_healthy[:, 0].float().cpu().numpy()
             anomaly[start:stop] = out_anomaly[:, 0].float().cpu().numpy()
             intermediates.append(estimates)
+            start = stop
         anomaly[~brain_masks] = 0.0
         stacked = []
         if keep_intermediates:
@@ -205,6 +237,7 @@ class Method(ABC):
             nfe=steps_per_batch,
             parameters=params,
             intermediates=stacked,
+            batch_size=batch_size,
         )
 
     @abstractmethod
@@ -220,6 +253,32 @@ class Method(ABC):
         [0, 1] after every network evaluation, and return ``(healthy, anomaly)`` tensors
         (B, 1, H, W).
         """
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether an exception means the device ran out of memory (CUDA, MPS or CPU allocator).
+
+    Parameters
+    ----------
+    error : BaseException
+
+    Returns
+    -------
+    bool
+    """
+    if isinstance(error, (torch.cuda.OutOfMemoryError, MemoryError)):
+        return True
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
+
+
+def _empty_cache(device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps" and hasattr(torch, "mps"):
+        torch.mps.empty_cache()
 
 
 def run_to_completion(generator: Generator, progress: ProgressCallback | None = None):

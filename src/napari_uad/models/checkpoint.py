@@ -88,6 +88,10 @@ def load_config(folder) -> ModelConfig:
         return ModelConfig.from_dict(data)
     except ValueError as error:
         raise CheckpointError(f"{folder / CONFIG_NAME}: {error}") from None
+    except (TypeError, AttributeError, KeyError) as error:  # a value of the wrong type
+        raise CheckpointError(
+            f"{folder / CONFIG_NAME} is malformed ({type(error).__name__}: {error})"
+        ) from None
 
 
 def load_checkpoint(folder, *, device="cpu") -> tuple[UNet, ModelConfig]:
@@ -170,5 +174,11 @@ def _checkpoint_folder(folder) -> Path:
                 f"{folder}: a model is a folder with config.json and model.safetensors"
             )
     if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
+        pickles = sorted(p.name for p in folder.glob("*") if p.suffix.lower() in _PICKLE_SUFFIXES)
+        if pickles and not (folder / WEIGHTS_NAME).is_file():
+            raise CheckpointError(
+                f"{folder}: only pickle weights ({pickles[0]}) found, and pickle files are not "
+                "loaded (they can run code); convert them to model.safetensors"
+            )
         raise CheckpointError(f"{folder}: no config.json and model.safetensors found there")
     return folder

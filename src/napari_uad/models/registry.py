@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .checkpoint import CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_config
+from .checkpoint import _PICKLE_SUFFIXES, CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_config
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 PACKAGE_MODELS = Path(__file__).resolve().parent.parent / "weights"
@@ -52,8 +52,14 @@ def resolve_model(name_or_path) -> Path:
         When nothing is found, with the names that exist.
     """
     value = str(name_or_path)
-    candidate = Path(value).expanduser()
-    if os.sep in value or "/" in value or candidate.is_dir():
+    is_path = os.sep in value or "/" in value
+    candidate = Path(value).expanduser() if is_path else Path(value)
+    if candidate.suffix.lower() in _PICKLE_SUFFIXES:
+        raise CheckpointError(
+            f"{candidate.name}: pickle checkpoints are not loaded (they can run code); "
+            "use a folder with config.json and model.safetensors"
+        )
+    if is_path or candidate.is_dir():
         if not candidate.exists():
             raise CheckpointError(f"model path {candidate} does not exist")
         if candidate.is_dir() and not (candidate / CONFIG_NAME).is_file():
