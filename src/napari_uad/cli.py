@@ -133,6 +133,7 @@ def _add_train_parser(commands) -> None:
     train.add_argument("--lr", type=float, metavar="X", help="peak learning rate (default 2e-4)")
     train.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
     train.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto")
+    train.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     train.add_argument("--seed", type=int, help="random seed (default 0)")
     train.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     train.add_argument("--init", metavar="MODEL", help="fine-tune from this model name or folder")
