@@ -146,8 +146,8 @@ def view_figure(
     import matplotlib
 
     matplotlib.use("Agg", force=False)
-    from matplotlib.colors import ListedColormap, Normalize
     from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import ListedColormap, Normalize
     from matplotlib.figure import Figure
 
     path = Path(path)

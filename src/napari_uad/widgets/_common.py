@@ -116,3 +116,9 @@ def error_text(error: BaseException) -> str:
     """One line for the user: the message, without a traceback."""
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
+
+
+def camera(viewer):
+    """The viewer's camera (``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before)."""
+    scene = getattr(viewer, "scene", None)
+    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera

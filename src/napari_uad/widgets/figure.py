@@ -26,6 +26,7 @@ from qtpy.QtWidgets import (
 
 from ..display import from_display
 from ._common import (
+    camera,
     display_affine,
     error_text,
     geometry,
@@ -104,7 +105,7 @@ class FigureWidget(QWidget):
         self.anomaly_combo.addItem("(none)", None)
         for name in names:
             self.anomaly_combo.addItem(name, name)
-        index = self.anomaly_combo.findData(current or None)
+        index = self.anomaly_combo.findText(current) if current in names else -1
         self.anomaly_combo.setCurrentIndex(index if index >= 0 else min(1, len(names)))
 
     def anomaly_layer(self):
@@ -159,11 +160,9 @@ class FigureWidget(QWidget):
         """World units (mm for napari-uad layers) per screenshot pixel, 2-D views only."""
         if self.viewer.dims.ndisplay != 2:
             return None
-        try:
-            canvas_width = self.viewer.window._qt_viewer.canvas.size[0]
-        except AttributeError:  # private napari API: fall back to an unscaled screenshot
-            canvas_width = self.viewer.screenshot(canvas_only=True, flash=False).shape[1]
-        zoom = float(self.viewer.camera.zoom)  # canvas pixels per world unit
+        # An unscaled screenshot is the canvas in the pixels the camera's zoom refers to.
+        canvas_width = self.viewer.screenshot(canvas_only=True, flash=False).shape[1]
+        zoom = float(camera(self.viewer).zoom)  # canvas pixels per world unit
         return float(canvas_width) / (zoom * image_width)
 
     def _export_panels(self, path: Path) -> Path:

@@ -33,6 +33,7 @@ from superqt import QLabeledDoubleSlider
 from ..display import from_display
 from ._common import (
     KEY,
+    camera,
     display_affine,
     error_text,
     geometry,
@@ -371,7 +372,7 @@ class ThresholdWidget(QWidget):
         point[ndim - len(world) :] = world
         self.viewer.dims.point = point
         displayed = list(self.viewer.dims.displayed)
-        self.viewer.camera.center = tuple(point[axis] for axis in displayed)
+        camera(self.viewer).center = tuple(point[axis] for axis in displayed)
         mask = self.mask_layer()
         if mask is not None:
             mask.selected_label = lesion.label
