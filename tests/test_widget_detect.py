@@ -84,7 +84,7 @@ def test_methods_listed_and_unavailable_ones_greyed(make_napari_viewer, models_d
     models = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())]
     assert "tiny" in models and "anoddpm-gaussian (default)" in models
     assert widget.model_combo.currentText() == "anoddpm-gaussian (default)"
-    assert "healthy threshold" in widget.model_label.text()
+    assert "threshold 0.0607" in widget.model_label.text()
     # Selecting the tiny model loads its own defaults (noise level 100, 5 steps).
     widget.set_params(model="tiny")
     assert (widget.noise_level_spin.value(), widget.steps_spin.value()) == (100, 5)

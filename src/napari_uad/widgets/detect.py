@@ -157,8 +157,9 @@ def _models_for(method: str, models) -> list:
     return [info for info in models if info.method in accepted]
 
 
-def model_description(info) -> str:
-    """One line about a model for the widget: method, noise, grid, calibration, training."""
+def model_description(info, *, full: bool = False) -> str:
+    """A line about a model for the widget: noise, grid, calibration (``full``: also the
+    training steps and where it was found)."""
     from ..models.checkpoint import load_config
 
     try:
@@ -166,14 +167,14 @@ def model_description(info) -> str:
     except Exception as error:  # a broken model must not break the widget
         return f"unreadable model: {error_text(error)}"
     calibrated = config.calibration.get("threshold")
-    steps = (config.training or {}).get("steps")
-    text = f"{info.method}, {info.noise} noise, {info.grid}×{info.grid} grid, {info.source}"
-    if steps:
-        text += f", {steps} training steps"
-    text += (
-        f"; healthy threshold {calibrated:.3g}" if calibrated is not None else "; not calibrated"
-    )
-    return text
+    parts = [f"{info.noise} noise", f"{info.grid} px"]
+    parts.append(f"threshold {calibrated:.3g}" if calibrated is not None else "not calibrated")
+    if full:
+        steps = (config.training or {}).get("steps")
+        if steps:
+            parts.append(f"{steps} training steps")
+        parts.append(f"{'shipped' if info.source == 'package' else info.source}: {info.path}")
+    return " · ".join(parts)
 
 
 @dataclass
@@ -427,7 +428,7 @@ class DetectWidget(QWidget):
                 row = self.model_combo.count() - 1
                 self.model_combo.setItemData(row, info, Qt.ItemDataRole.UserRole + 1)
                 self.model_combo.setItemData(
-                    row, model_description(info), Qt.ItemDataRole.ToolTipRole
+                    row, model_description(info, full=True), Qt.ItemDataRole.ToolTipRole
                 )
             index = self.model_combo.findData(keep) if keep else -1
             if index < 0:
@@ -454,6 +455,7 @@ class DetectWidget(QWidget):
                 widget.setEnabled(False)
             return
         self.model_label.setText(model_description(info))
+        self.model_label.setToolTip(model_description(info, full=True))
         try:
             config = load_config(info.path)
             method = "anoddpm" if info.method == "ddpm" else info.method
@@ -755,8 +757,9 @@ class DetectWidget(QWidget):
                     "colormap": "hot",
                     "blending": "additive",
                     "opacity": 0.8,
-                    # Saturate at twice the healthy threshold: healthy tissue stays dark.
-                    "contrast_limits": (0.0, high),
+                    # Dark below half the healthy threshold, saturated at twice it: healthy
+                    # tissue stays clear of colour and lesions glow.
+                    "contrast_limits": (high / 4, high),
                 },
             ),
             ("mask", "labels", outcome.labels, {"opacity": 0.7}),

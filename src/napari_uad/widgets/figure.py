@@ -17,6 +17,7 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QHBoxLayout,
     QLabel,
     QPushButton,
     QSpinBox,
@@ -80,8 +81,11 @@ class FigureWidget(QWidget):
         form.addRow("Heatmap", self.anomaly_combo)
         form.addRow("Format", self.format_combo)
         form.addRow("Resolution", self.dpi_spin)
-        form.addRow(self.colorbar_check)
-        form.addRow(self.scalebar_check, self.scalebar_spin)
+        bars = QHBoxLayout()
+        bars.addWidget(self.colorbar_check)
+        bars.addWidget(self.scalebar_check)
+        bars.addWidget(self.scalebar_spin, 1)
+        form.addRow("Add", bars)
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addWidget(self.export_button)
@@ -90,14 +94,18 @@ class FigureWidget(QWidget):
 
         self.export_button.clicked.connect(self._ask_path)
         self.scalebar_check.toggled.connect(self.scalebar_spin.setEnabled)
-        self.viewer.layers.events.inserted.connect(self._refresh_layers)
+        self.viewer.layers.events.inserted.connect(self._on_layer_inserted)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self._refresh_layers()
 
-    def _refresh_layers(self, *_) -> None:
+    def _on_layer_inserted(self, event) -> None:
+        layer = event.value
+        self._refresh_layers(select=layer.name if is_anomaly_layer(layer) else None)
+
+    def _refresh_layers(self, *_, select: str | None = None) -> None:
         from napari.layers import Image
 
-        current = self.anomaly_combo.currentText()
+        current = select or self.anomaly_combo.currentText()
         images = [layer for layer in self.viewer.layers if isinstance(layer, Image)]
         names = [layer.name for layer in reversed(images) if is_anomaly_layer(layer)]
         names += [layer.name for layer in images if not is_anomaly_layer(layer)]

@@ -110,6 +110,7 @@ class ThresholdWidget(QWidget):
         self.table.horizontalHeader().setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
         self.table.horizontalHeader().setStretchLastSection(True)
         self.table.setToolTip("Click a lesion to go to it")
+        self.table.setMinimumHeight(120)
         self.csv_button = QPushButton("Export table (CSV)…")
         self.mask_button = QPushButton("Export mask (NIfTI)…")
 
@@ -158,6 +159,8 @@ class ThresholdWidget(QWidget):
         self.anomaly_combo.addItems(names)
         if current in names:
             self.anomaly_combo.setCurrentText(current)
+        elif not any(is_anomaly_layer(layer) for layer in images):
+            self.anomaly_combo.setCurrentIndex(-1)  # never threshold a plain scan unasked
         self.anomaly_combo.blockSignals(False)
         if self.anomaly_combo.currentText() != self._anomaly_name:
             self._on_anomaly_changed()
@@ -165,6 +168,9 @@ class ThresholdWidget(QWidget):
     def _on_layer_inserted(self, event) -> None:
         layer = event.value
         self._refresh_layers(select=layer.name if is_anomaly_layer(layer) else None)
+        anomaly = self.anomaly_layer()
+        if anomaly is not None and linked_layer(self.viewer, anomaly, "mask") is layer:
+            self.schedule_update()  # the Detect widget adds the mask after the map
 
     def anomaly_layer(self):
         """The anomaly map layer being thresholded, or None."""
@@ -179,6 +185,8 @@ class ThresholdWidget(QWidget):
         linked = linked_layer(self.viewer, anomaly, "mask")
         if linked is not None:
             return linked
+        if ((geometry(anomaly) or {}).get("links") or {}).get("mask"):
+            return None  # the Detect widget is about to add it
         name = f"lesions · {anomaly.name}"
         if name in self.viewer.layers:
             return self.viewer.layers[name]
@@ -318,6 +326,8 @@ class ThresholdWidget(QWidget):
                 min_size=self.min_size_spin.value(),
             )
             mask = self.mask_layer(create=True)
+            if mask is None:
+                return float("nan")
             mask.data = labels
             info = mask.metadata.setdefault(KEY, {})
             info.update(
