@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 from skimage.io import imread
 
-from napari_uad.widgets._common import camera
 from napari_uad.widgets.figure import FigureWidget
 
 from .test_widget_threshold import add_anomaly, blob_map
@@ -23,7 +22,7 @@ def hot_pixels(path) -> int:
 @pytest.fixture
 def viewer_with_result(make_napari_viewer):
     """A scan, pseudo-healthy, anomaly and lesion layers linked as the Detect widget links them."""
-    viewer = make_napari_viewer()
+    viewer = make_napari_viewer(show=True)  # a hidden canvas renders black
     anomaly = blob_map()
     scan = np.where(anomaly > 0.2, 300.0, 600.0).astype(np.float32)
     links = {"scan": "scan", "healthy": "healthy", "anomaly": "anomaly", "mask": "lesions"}
@@ -41,23 +40,27 @@ def viewer_with_result(make_napari_viewer):
     return viewer
 
 
-def test_view_export_png_has_heatmap_colours_and_bars(viewer_with_result, tmp_path):
+def test_view_export_png_has_heatmap_colours_and_bars(viewer_with_result, tmp_path, qtbot):
     viewer = viewer_with_result
     viewer.layers["lesions"].visible = False
+    viewer.layers["scan"].visible = False  # the blob alone, 0.8 of 2.0: plain 'hot' red
+    viewer.layers["anomaly"].contrast_limits = (0.0, 2.0)
+    qtbot.wait(50)
     widget = FigureWidget(viewer)
     assert widget.anomaly_combo.currentText() == "anomaly"
     widget.dpi_spin.setValue(100)
+    widget.colorbar_check.setChecked(False)
+    plain = widget.export(tmp_path / "plain.png")
+    assert hot_pixels(plain) > 50  # the rendered heatmap itself, no colour bar
+    widget.colorbar_check.setChecked(True)
     path = widget.export(tmp_path / "view.png")
-    assert path.exists() and hot_pixels(path) > 50
-    without = FigureWidget(viewer)
-    without.colorbar_check.setChecked(False)
-    without.dpi_spin.setValue(100)
-    plain = without.export(tmp_path / "plain.png")
     # The colour bar widens the figure by about an inch.
     assert imread(path).shape[1] > imread(plain).shape[1] + 50
-    # Scale bar: at scale 1 a screenshot pixel is a canvas pixel, 1 / zoom mm wide.
+    # Scale bar: the 48-voxel (57.6 mm) wide map spans 57.6 / mm_per_pixel screenshot pixels.
     shot = viewer.screenshot(canvas_only=True, flash=False)
-    assert widget._mm_per_pixel(shot.shape[1]) == pytest.approx(1 / camera(viewer).zoom, rel=0.02)
+    columns = np.flatnonzero((shot[..., :3].max(axis=2) > 20).any(axis=0))
+    mm_per_pixel = widget._mm_per_pixel(shot.shape[1])
+    assert (columns[-1] - columns[0] + 1) * mm_per_pixel == pytest.approx(57.6, rel=0.03)
     viewer.dims.ndisplay = 3
     assert widget._mm_per_pixel(shot.shape[1]) is None
 
@@ -76,6 +79,7 @@ def test_panels_export(viewer_with_result, tmp_path):
     widget = FigureWidget(viewer_with_result)
     widget.kind_combo.setCurrentIndex(widget.kind_combo.findData("panels"))
     widget.dpi_spin.setValue(80)
+    widget.colorbar_check.setChecked(False)  # so the hot pixels come from the heatmap panel
     path = widget.export(tmp_path / "panels.png")
     assert hot_pixels(path) > 20
     assert imread(path).shape[1] > 3 * imread(path).shape[0] / 2  # four panels side by side

@@ -140,8 +140,9 @@ class FigureWidget(QWidget):
         from ..figures import view_figure
 
         dpi = self.dpi_spin.value()
-        render_scale = float(np.clip(dpi / 100.0, 1.0, 3.0))
-        image = self.viewer.screenshot(canvas_only=True, scale=render_scale, flash=False)
+        # The canvas as shown: napari's screenshot ``scale`` enlarges the field of view rather
+        # than the resolution, so the figure keeps screen resolution, drawn at ``dpi``.
+        image = self.viewer.screenshot(canvas_only=True, flash=False)
         mm_per_pixel = None
         if self.scalebar_check.isChecked():
             mm_per_pixel = self._mm_per_pixel(image.shape[1])
@@ -158,7 +159,6 @@ class FigureWidget(QWidget):
             colormap=colormap,
             contrast_limits=limits,
             dpi=dpi,
-            pixels_per_inch=100.0 * render_scale,
         )
         if self.scalebar_check.isChecked() and mm_per_pixel is None:
             show_info("No scale bar: it is drawn only for 2-D views")
@@ -168,8 +168,10 @@ class FigureWidget(QWidget):
         """World units (mm for napari-uad layers) per screenshot pixel, 2-D views only."""
         if self.viewer.dims.ndisplay != 2:
             return None
-        # An unscaled screenshot is the canvas in the pixels the camera's zoom refers to.
-        canvas_width = self.viewer.screenshot(canvas_only=True, flash=False).shape[1]
+        try:  # the canvas in logical pixels, the unit of the camera's zoom
+            canvas_width = self.viewer.window._qt_viewer.canvas.size[1]
+        except AttributeError:  # private napari API: assume one screenshot pixel per point
+            canvas_width = image_width
         zoom = float(camera(self.viewer).zoom)  # canvas pixels per world unit
         return float(canvas_width) / (zoom * image_width)
 
