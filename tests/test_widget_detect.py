@@ -245,3 +245,21 @@ def test_main_thread_stays_responsive(viewer_with_sample, models_dir, qtbot):
     # Loose bounds: the machine is shared; the measured figures go in the report.
     assert during.max() < 250
     assert after.max() < 1000
+
+
+def test_manifest_validates_and_its_widgets_import():
+    """What ``npe2 validate --imports`` checks, on this checkout's manifest."""
+    from pathlib import Path
+
+    from npe2 import PluginManifest
+
+    import napari_uad
+
+    manifest = PluginManifest.from_file(Path(napari_uad.__file__).parent / "napari.yaml")
+    manifest.validate_imports()
+    names = {widget.display_name for widget in manifest.contributions.widgets}
+    assert {"Detect anomalies", "Threshold", "Figure"} <= names
+    menus = manifest.contributions.menus
+    assert any(
+        item.command == "napari-uad.detect_widget" for items in menus.values() for item in items
+    )

@@ -155,3 +155,31 @@ def test_update_speed_on_256x256x24(make_napari_viewer):
     )
     assert widget.table.rowCount() > 0
     assert np.median(timings) < 150  # loose: shared 2-core machine; the report has the figure
+
+
+def test_follows_a_detect_run(make_napari_viewer, qtbot, tiny_model_dir, tmp_path, monkeypatch):
+    """Docked before a Detect run, the widget takes its anomaly map and edits its lesion layer."""
+    import shutil
+
+    from napari_uad.widgets.detect import DetectWidget, State
+
+    shutil.copytree(tiny_model_dir, tmp_path / "models" / "tiny")
+    monkeypatch.setenv("NAPARI_UAD_MODELS", str(tmp_path / "models"))
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-uad", "lesion")
+    widget = ThresholdWidget(viewer)
+    assert widget.anomaly_layer() is None  # a plain scan is never thresholded unasked
+    detect = DetectWidget(viewer)
+    detect.set_params(model="tiny", device="cpu", steps=2)
+    detect.run()
+    qtbot.waitUntil(lambda: detect.state is State.DONE, timeout=60_000)
+    healthy, anomaly, lesions = detect.last_result_layers
+    qtbot.waitUntil(lambda: widget.labels is not None, timeout=5_000)
+    assert widget.anomaly_combo.currentText() == anomaly
+    assert widget.mask_layer() is viewer.layers[lesions]
+    assert widget.threshold_slider.value() == pytest.approx(0.2)  # the run's (auto) threshold
+    before = np.count_nonzero(viewer.layers[lesions].data)
+    widget.set_threshold(0.1)
+    widget.update_mask()
+    assert np.count_nonzero(viewer.layers[lesions].data) > before
+    assert len(viewer.layers) == 5  # scan, truth and the three results: nothing added
