@@ -226,10 +226,23 @@ class DetectError(Exception):
 
 def detect_job(scan, kwargs: dict, *, should_stop=None, preview_interval_s=PREVIEW_INTERVAL_S):
     """Generator run by the widget's ``thread_worker``: yields :class:`DetectUpdate`, returns
-    the :class:`~napari_uad.pipeline.Detection`.
+    a :class:`DetectOutcome`.
 
-    GUI-free: it only computes. Any error is re-raised as :class:`DetectError` (superqt
-    workers swallow a bare ``RuntimeError`` as a warning).
+    GUI-free: it only computes. Previews are mapped from the model grid to display slices
+    here, with the slice geometry of a second :func:`~napari_uad.preprocess.prepare_volume`
+    (the pipeline keeps its own private). Any error is re-raised as :class:`DetectError`
+    (superqt workers swallow a bare ``RuntimeError`` as a warning).
+
+    Parameters
+    ----------
+    scan : Scan
+        Read from the layer on the main thread before the worker starts.
+    kwargs : dict
+        :func:`detect_kwargs` output, passed to :func:`napari_uad.pipeline.iter_detect`.
+    should_stop : callable, optional
+        Cooperative cancellation, checked after every denoising step.
+    preview_interval_s : float
+        Minimum seconds between two previews.
     """
     from ..pipeline import iter_detect, load_method
     from ..preprocess import from_model_grid, prepare_volume
@@ -575,7 +588,6 @@ class DetectWidget(QWidget):
             "scan": scan,
             "params": params,
             "suffix": suffix,
-            "display_shape": np.asarray(layer.data).shape,
         }
         self._cancel_requested = False
         self._started = time.perf_counter()
