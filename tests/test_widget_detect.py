@@ -242,9 +242,11 @@ def test_main_thread_stays_responsive(viewer_with_sample, models_dir, qtbot):
         "result layers were added"
     )
     assert len(during) > 20
-    # Loose bounds: the machine is shared; the measured figures go in the report.
-    assert during.max() < 250
-    assert after.max() < 1000
+    # Loose bounds that still catch work on the GUI thread (a restoration there stalls for
+    # seconds): on a quiet 2-core machine the longest gap is ~90-110 ms, under load from
+    # other processes up to ~200 ms, and adding the result layers ~100-250 ms.
+    assert during.max() < 500
+    assert after.max() < 2000
 
 
 def test_manifest_validates_and_its_widgets_import():
@@ -263,3 +265,13 @@ def test_manifest_validates_and_its_widgets_import():
     assert any(
         item.command == "napari-uad.detect_widget" for items in menus.values() for item in items
     )
+
+
+def test_closing_the_widget_stops_its_worker(viewer_with_sample, models_dir, qtbot):
+    viewer = viewer_with_sample
+    widget = make_widget(viewer, noise_level=400, steps=400)
+    widget.run()
+    worker = widget.worker
+    with qtbot.waitSignal(worker.finished, timeout=10_000):
+        widget.deleteLater()
+    assert worker.abort_requested

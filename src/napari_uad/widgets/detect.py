@@ -306,6 +306,11 @@ class DetectWidget(QWidget):
         self._run_context: dict = {}
         self._result_steps: list = []
         self._result_detection = None
+        # Closing the window deletes the widget: stop a running worker rather than leave it
+        # signalling a deleted object (the lambda must not hold ``self``).
+        self._running_worker: list = []
+        running = self._running_worker
+        self.destroyed.connect(lambda *_: [worker.quit() for worker in running])
         #: Seconds between live previews (tests set 0 to see every step).
         self.preview_interval_s = PREVIEW_INTERVAL_S
 
@@ -603,6 +608,7 @@ class DetectWidget(QWidget):
         worker.aborted.connect(self._on_aborted)
         worker.finished.connect(self._on_finished)
         self.worker = worker
+        self._running_worker[:] = [worker]
         self._set_state(State.RUNNING, f"Running {suffix}…")
         self.progress_bar.setRange(0, 0)
         # Created now, not from the first update: adding a layer stalls the GUI ~0.1 s, which
@@ -717,6 +723,7 @@ class DetectWidget(QWidget):
         self._set_state(State.STOPPED, "Cancelled: no layers added")
 
     def _on_finished(self) -> None:
+        self._running_worker.clear()
         if self.state is not State.RUNNING or not self._result_steps:
             self._remove_preview()
         self.worker = None
