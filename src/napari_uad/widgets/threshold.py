@@ -272,7 +272,20 @@ class ThresholdWidget(QWidget):
         """Mouse press with "Pick" on: threshold := the score of the voxel under the mouse."""
         if event.type != "mouse_press":
             return
-        value = self.score_at(event.position)
+        if viewer.dims.ndisplay == 3:
+            # In 3-D the click is a ray: napari picks the value along it as rendered.
+            layer = self.anomaly_layer()
+            value = None
+            if layer is not None:
+                value = layer.get_value(
+                    event.position,
+                    view_direction=event.view_direction,
+                    dims_displayed=event.dims_displayed,
+                    world=True,
+                )
+            value = float(value) if isinstance(value, (int, float, np.number)) else None
+        else:
+            value = self.score_at(event.position)
         if value is not None:
             self.set_threshold(value)
             self.update_mask()
