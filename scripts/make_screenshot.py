@@ -1,11 +1,15 @@
-"""Screenshot of napari running the demo, for the README (needs a display, or xvfb-run).
+"""Screenshot of napari running the demo with the widgets docked, for the README.
 
 xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/make_screenshot.py docs/screenshot.png
+
+Runs the Detect widget with the shipped default model on the lesion sample, waits for the
+result, goes to the slice with most lesion and picks its largest lesion in the Threshold table.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import napari
@@ -17,22 +21,36 @@ from napari_uad.demo import start_demo_in_viewer
 
 def main(out: Path) -> None:
     viewer = napari.Viewer(title="napari-uad demo")
-    viewer.window.resize(1500, 900)
-    worker = start_demo_in_viewer(viewer, device="cpu")
-    finished = []
-    worker.finished.connect(lambda: finished.append(True))
+    viewer.window._qt_window.resize(1600, 1000)
+    start_demo_in_viewer(viewer, device="cpu")
+    detect = viewer.window.dock_widgets["Detect anomalies (napari-uad)"]
+    threshold = viewer.window.dock_widgets["Threshold (napari-uad)"]
     app = QApplication.instance()
-    while not finished or "lesion mask" not in viewer.layers:
+    deadline = time.time() + 600
+    while detect.state.value == "running" or detect.worker is not None:
         app.processEvents()
-    truth = viewer.layers["lesion truth"].data
-    viewer.dims.set_current_step(0, int(np.argmax(truth.sum(axis=(1, 2)))))
-    viewer.layers["lesion truth"].contour = 1
-    viewer.layers["lesion truth"].visible = False
-    viewer.layers["pseudo-healthy"].visible = False
-    viewer.layers["lesion mask"].contour = 1
-    viewer.layers.selection.active = viewer.layers["anomaly map"]
+        time.sleep(0.01)
+        if time.time() > deadline:
+            raise TimeoutError("Detect did not finish in 10 minutes")
+    for _ in range(50):
+        app.processEvents()
+    if detect.state.value != "done":
+        raise RuntimeError(f"Detect ended {detect.state.value}: {detect.status_label.text()}")
+    truth = viewer.layers["lesion truth"]
+    truth.visible = False
+    names = detect.last_result_layers
+    viewer.layers[names[2]].contour = 1
+    threshold.update_mask()
+    shown_slice = int(np.argmax(truth.data.sum(axis=(1, 2))))
+    viewer.dims.set_current_step(0, shown_slice)
     viewer.reset_view()
-    for _ in range(20):
+    if threshold.lesions:
+        # Highlight the table row of the lesion nearest the slice shown.
+        rows = threshold.lesions[: threshold.table.rowCount()]
+        distance = [abs(lesion.centroid_voxel[0] - shown_slice) for lesion in rows]
+        threshold.table.selectRow(int(np.argmin(distance)))
+    viewer.layers.selection.active = viewer.layers[names[1]]
+    for _ in range(50):
         app.processEvents()
     viewer.screenshot(str(out), canvas_only=False, flash=False)
     viewer.close()

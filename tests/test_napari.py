@@ -73,19 +73,20 @@ def test_demo_adds_result_layers(make_napari_viewer, qtbot, tiny_model_dir):
     worker = start_demo_in_viewer(viewer, device="cpu", model=tiny_model_dir)
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         pass
-    qtbot.waitUntil(
-        lambda: "lesion mask" in [layer.name for layer in viewer.layers], timeout=10_000
-    )
+    suffix = "anoddpm [tiny] gaussian t=100, 5 steps"
+    qtbot.waitUntil(lambda: f"lesions · {suffix}" in viewer.layers, timeout=10_000)
     names = [layer.name for layer in viewer.layers]
     assert names == [
         "T1 with lesions",
         "lesion truth",
-        "pseudo-healthy",
-        "anomaly map",
-        "lesion mask",
+        f"pseudo-healthy · {suffix}",
+        f"anomaly · {suffix}",
+        f"lesions · {suffix}",
     ]
-    scan, anomaly = viewer.layers["T1 with lesions"], viewer.layers["anomaly map"]
+    scan, anomaly = viewer.layers["T1 with lesions"], viewer.layers[f"anomaly · {suffix}"]
     assert anomaly.data.shape == scan.data.shape
     assert tuple(anomaly.scale) == tuple(scan.scale)
-    assert anomaly.metadata["provenance"]["method"] == "anoddpm"
+    assert anomaly.metadata["napari_uad"]["provenance"]["method"] == "anoddpm"
     assert anomaly.data.max() > 0
+    docked = set(viewer.window.dock_widgets)
+    assert {"Detect anomalies (napari-uad)", "Threshold (napari-uad)"} <= docked, docked

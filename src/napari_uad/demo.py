@@ -1,8 +1,9 @@
 """``napari-uad demo``: the shipped lesion sample through the whole pipeline.
 
-With a display it opens napari with the sample, runs anomaly detection in a background thread
-(progress in napari's activity panel) and adds the pseudo-healthy image, the heatmap and the lesion
-mask as layers. Without one it writes the NIfTI outputs and a PNG figure to a folder.
+With a display it opens napari with the sample and the Detect, Threshold and Figure widgets
+docked, and runs the Detect widget on the sample (in a background thread, with live preview);
+the pseudo-healthy image, the heatmap and the lesion mask appear as layers. Without one it
+writes the NIfTI outputs and a PNG figure to a folder.
 """
 
 from __future__ import annotations
@@ -64,66 +65,47 @@ def _demo_napari(*, device: str) -> int:
     return 0
 
 
+WIDGETS = ("Detect anomalies", "Threshold", "Figure")
+
+
+def dock_widgets(viewer) -> dict:
+    """Dock the napari-uad widgets (Detect, Threshold, Figure) on the right of ``viewer``.
+
+    Returns
+    -------
+    dict
+        Display name -> widget.
+    """
+    from qtpy.QtCore import Qt
+
+    widgets, docks = {}, {}
+    for name in WIDGETS:
+        docks[name], widgets[name] = viewer.window.add_plugin_dock_widget("napari-uad", name)
+    # Give the Threshold table the spare height; Figure needs little.
+    viewer.window._qt_window.resizeDocks(
+        [docks[name] for name in WIDGETS], [360, 460, 180], Qt.Orientation.Vertical
+    )
+    return {name: widgets[name] for name in WIDGETS}
+
+
 def start_demo_in_viewer(viewer, *, device: str = "auto", model=None):
-    """Add the lesion sample to ``viewer`` and run detection in a thread worker.
+    """Add the lesion sample to ``viewer``, dock the widgets and run Detect on the sample.
 
     ``model`` is a model name or folder (default: the shipped ``anoddpm`` model).
 
-    Returns the worker (already started); result layers appear when it finishes.
+    Returns the Detect widget's worker (already started); the result layers appear, and the
+    Threshold widget picks up the anomaly map, when it finishes.
     """
-    from napari.qt.threading import thread_worker
-    from napari.utils import progress as napari_progress
-
-    from ._napari import sample_lesion, scan_layer
-    from .io import read_mask, read_scan
-    from .pipeline import iter_detect
-    from .samples import sample_path
+    from ._napari import sample_lesion
 
     for data, meta, kind in sample_lesion():
         getattr(viewer, f"add_{kind}")(data, **meta)
-    scan = read_scan(sample_path("lesion"))
-    brain = read_mask(sample_path("brain_mask"), like=scan)
-
-    @thread_worker
-    def work():
-        return (
-            yield from iter_detect(
-                scan, method="anoddpm", model=model, brain_mask=brain, device=device
-            )
-        )
-
-    bar = napari_progress(desc="Detecting anomalies (anoddpm)")
-
-    def advance(update):
-        bar.total = update.total
-        bar.update(update.done - bar.n)
-
-    def show(result):
-        healthy = scan_layer(scan.with_data(result.healthy), name="pseudo-healthy", kind="image")
-        viewer.add_image(healthy[0], **healthy[1])
-        anomaly = scan_layer(scan.with_data(result.anomaly), name="anomaly map", kind="image")
-        anomaly[1].update(
-            colormap="hot",
-            blending="additive",
-            opacity=0.8,
-            # Saturate at twice the healthy threshold: healthy tissue stays dark, lesions glow.
-            contrast_limits=(0.0, float(max(2 * result.threshold, 1e-6))),
-            metadata={**anomaly[1]["metadata"], "provenance": result.provenance},
-        )
-        viewer.add_image(anomaly[0], **anomaly[1])
-        mask = scan_layer(scan.with_data(result.lesion_mask), name="lesion mask", kind="labels")
-        viewer.add_labels(mask[0], **mask[1])
-
-    worker = work()
-    worker.yielded.connect(advance)
-    worker.returned.connect(show)
-    worker.finished.connect(bar.close)
-    worker.errored.connect(lambda error: _notify(f"napari-uad demo failed: {error}"))
-    worker.start()
-    return worker
-
-
-def _notify(message: str) -> None:
-    from napari.utils.notifications import show_error
-
-    show_error(message)
+    widgets = dock_widgets(viewer)
+    detect = widgets["Detect anomalies"]
+    detect.set_params(layer="T1 with lesions", device=device)
+    if model is not None:
+        detect.set_params(model=model)
+    detect.run()
+    if detect.worker is None:
+        raise RuntimeError("the demo could not start: " + detect.status_label.text())
+    return detect.worker

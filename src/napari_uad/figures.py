@@ -19,6 +19,7 @@ def overview_figure(
     slice_index: int | None = None,
     scale_bar_mm: float = 20.0,
     dpi: int = 150,
+    colorbar: bool = True,
 ) -> Path:
     """Save a 4-panel figure of one axial slice: scan, pseudo-healthy, anomaly map, lesion mask.
 
@@ -34,7 +35,11 @@ def overview_figure(
     slice_index : int, optional
         Axial display slice; by default the slice with the largest anomaly mass.
     scale_bar_mm : float
-        Length of the scale bar.
+        Length of the scale bar; 0 for none.
+    dpi : int
+        Resolution of raster output (and of raster parts of SVG/PDF).
+    colorbar : bool
+        Draw the anomaly score colour bar.
     """
     import matplotlib
 
@@ -83,16 +88,18 @@ def overview_figure(
     shown = axes[2].imshow(
         heat, cmap="hot", vmin=0, vmax=vmax, alpha=0.85, aspect=aspect, interpolation="nearest"
     )
-    figure.colorbar(shown, ax=axes[2], fraction=0.046, pad=0.02, label="anomaly score")
+    if colorbar:
+        figure.colorbar(shown, ax=axes[2], fraction=0.046, pad=0.02, label="anomaly score")
     lesion = np.ma.masked_equal(mask[slice_index], 0)
     axes[3].imshow(lesion, cmap="autumn", alpha=0.7, aspect=aspect, interpolation="nearest")
     if truth_display is not None and truth_display[slice_index].any():
         axes[3].contour(truth_display[slice_index] > 0, levels=[0.5], colors="lime", linewidths=1.0)
         axes[3].set_title("Lesion mask (truth: green)")
-    pixels = scale_bar_mm / scale[2]
-    rows, cols = image.shape[1:]
-    axes[0].plot([cols * 0.05, cols * 0.05 + pixels], [rows * 0.94] * 2, color="white", lw=3)
-    axes[0].text(cols * 0.05, rows * 0.90, f"{scale_bar_mm:g} mm", color="white", fontsize=8)
+    if scale_bar_mm > 0:
+        pixels = scale_bar_mm / scale[2]
+        rows, cols = image.shape[1:]
+        axes[0].plot([cols * 0.05, cols * 0.05 + pixels], [rows * 0.94] * 2, color="white", lw=3)
+        axes[0].text(cols * 0.05, rows * 0.90, f"{scale_bar_mm:g} mm", color="white", fontsize=8)
     figure.suptitle(
         f"{detection.provenance['method']} ({detection.provenance['model']}), axial slice "
         f"{slice_index}, threshold {detection.threshold:.3g}",
@@ -102,4 +109,71 @@ def overview_figure(
         path, lambda temp: figure.savefig(temp, dpi=dpi, format=path.suffix[1:]), suffix=path.suffix
     )
     plt.close("all")
+    return path
+
+
+def view_figure(
+    image,
+    path,
+    *,
+    mm_per_pixel: float | None = None,
+    scale_bar_mm: float = 20.0,
+    colormap=None,
+    contrast_limits: tuple[float, float] | None = None,
+    colorbar_label: str = "anomaly score",
+    dpi: int = 300,
+    pixels_per_inch: float = 100.0,
+) -> Path:
+    """Save a rendered view (e.g. a napari screenshot) with a colour bar and a scale bar.
+
+    Parameters
+    ----------
+    image : (H, W, 3 or 4) uint8 ndarray
+        The rendered view.
+    path : path
+        ``.png``, ``.svg`` or ``.pdf``; written atomically.
+    mm_per_pixel : float, optional
+        Physical size of one pixel of ``image``; no scale bar when None.
+    scale_bar_mm : float
+        Length of the scale bar; 0 for none.
+    colormap : matplotlib colormap or (N, 3 or 4) array of RGB(A) in [0, 1], optional
+        Colormap of the heatmap; no colour bar when None.
+    contrast_limits : (float, float), optional
+        Scores at the two ends of the colormap.
+    dpi : int
+        Output resolution; ``image`` fills ``W / pixels_per_inch`` inches.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import ListedColormap, Normalize
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    if path.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise ValueError(f"figure format {path.suffix!r} not supported: use .png, .svg or .pdf")
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] not in (3, 4) or image.size == 0:
+        raise ValueError(f"image must be an (H, W, 3 or 4) RGB(A) array, got {image.shape}")
+    rows, cols = image.shape[:2]
+    with_colorbar = colormap is not None and contrast_limits is not None
+    width = cols / pixels_per_inch + (1.0 if with_colorbar else 0.0)
+    figure = Figure(figsize=(width, rows / pixels_per_inch), layout="constrained")
+    ax = figure.add_subplot()
+    ax.imshow(image[..., :3], interpolation="nearest")
+    ax.set_axis_off()
+    if mm_per_pixel and scale_bar_mm > 0:
+        length = scale_bar_mm / mm_per_pixel
+        x0, y0 = cols * 0.05, rows * 0.95
+        ax.plot([x0, x0 + length], [y0, y0], color="white", lw=3, solid_capstyle="butt")
+        ax.text(x0, y0 - rows * 0.02, f"{scale_bar_mm:g} mm", color="white", fontsize=9)
+    if with_colorbar:
+        if not hasattr(colormap, "N"):
+            colormap = ListedColormap(np.asarray(colormap, dtype=float)[:, :3])
+        mappable = ScalarMappable(norm=Normalize(*contrast_limits), cmap=colormap)
+        figure.colorbar(mappable, ax=ax, fraction=0.05, pad=0.02, label=colorbar_label)
+    atomic_write(
+        path, lambda temp: figure.savefig(temp, dpi=dpi, format=path.suffix[1:]), suffix=path.suffix
+    )
     return path

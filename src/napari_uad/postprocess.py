@@ -27,6 +27,7 @@ __all__ = [
     "lesions_to_csv",
     "median_filter",
     "remove_small_components",
+    "threshold_lesions",
 ]
 
 
@@ -254,7 +255,7 @@ def _voxel_volume_mm3(spacing, ndim):
     return float(np.prod(spacing))
 
 
-def lesion_table(lesion_mask, anomaly, *, spacing) -> list[Lesion]:
+def lesion_table(lesion_mask, anomaly, *, spacing, labels=None) -> list[Lesion]:
     """Statistics of each connected lesion.
 
     Parameters
@@ -265,6 +266,8 @@ def lesion_table(lesion_mask, anomaly, *, spacing) -> list[Lesion]:
         Anomaly map the mean and maximum scores are read from.
     spacing : sequence of float
         Voxel size in mm along each axis (for a 2-D slice, its in-plane spacing).
+    labels : ndarray of int, same shape as ``lesion_mask``, optional
+        ``label_lesions(lesion_mask)[0]`` when the caller has it already (saves a labelling).
 
     Returns
     -------
@@ -280,14 +283,22 @@ def lesion_table(lesion_mask, anomaly, *, spacing) -> list[Lesion]:
             "arrays on the same voxel grid"
         )
     voxel_ml = _voxel_volume_mm3(spacing, lesion_mask.ndim) / 1000.0
-    labels, n = label_lesions(lesion_mask)
+    if labels is None:
+        labels, n = label_lesions(lesion_mask)
+    else:
+        labels = np.asarray(labels)
+        n = int(labels.max(initial=0))
     if n == 0:
         return []
     flat = np.flatnonzero(labels)
     owner = labels.ravel()[flat]
+    scores = anomaly.ravel()[flat]
     counts = np.bincount(owner, minlength=n + 1)[1:]
-    sums = np.bincount(owner, weights=anomaly.ravel()[flat], minlength=n + 1)[1:]
-    maxima = ndimage.maximum(anomaly, labels, index=np.arange(1, n + 1))
+    sums = np.bincount(owner, weights=scores, minlength=n + 1)[1:]
+    # Maxima over the lesion voxels only: ndimage.maximum would sort the whole volume.
+    maxima = np.full(n + 1, -np.inf)
+    np.maximum.at(maxima, owner, scores)
+    maxima = maxima[1:]
     coords = np.unravel_index(flat, labels.shape)
     centroids = np.stack(
         [np.bincount(owner, weights=c, minlength=n + 1)[1:] / counts for c in coords], axis=1
@@ -303,6 +314,40 @@ def lesion_table(lesion_mask, anomaly, *, spacing) -> list[Lesion]:
         )
         for i in range(n)
     ]
+
+
+def threshold_lesions(anomaly, threshold, *, spacing, min_size=0):
+    """Threshold an anomaly map into labelled lesions and their table, with one labelling.
+
+    The fast path for interactive tools that redo this on every change of threshold.
+
+    Parameters
+    ----------
+    anomaly : ndarray, 2-D or 3-D
+        Anomaly map (0 outside the brain).
+    threshold : float
+        Voxels with ``anomaly >= threshold`` are lesion.
+    spacing : sequence of float
+        Voxel size in mm along each axis of ``anomaly``.
+    min_size : int
+        Components with fewer voxels than this are dropped (full connectivity).
+
+    Returns
+    -------
+    labels : ndarray of int32, same shape as ``anomaly``
+        0 background, 1..n lesions, largest first (the labels of :func:`label_lesions`).
+    lesions : list of Lesion
+        One per label, in label order.
+    """
+    anomaly = np.asarray(anomaly)
+    labels, n = label_lesions(anomaly >= float(threshold))
+    if n and min_size > 1:
+        # Labels run largest first, so the components to keep are labels 1..kept.
+        sizes = np.bincount(labels.ravel(), minlength=n + 1)[1:]
+        kept = int(np.count_nonzero(sizes >= min_size))
+        if kept < n:
+            labels[labels > kept] = 0
+    return labels, lesion_table(labels, anomaly, spacing=spacing, labels=labels)
 
 
 def lesions_to_csv(lesions, path) -> Path:
