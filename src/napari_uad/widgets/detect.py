@@ -510,7 +510,7 @@ class DetectWidget(QWidget):
             for layer in self.viewer.layers
             if isinstance(layer, Image)
             and layer.name != PREVIEW_LAYER
-            and (geometry(layer) or {}).get("role") is None
+            and (geometry(layer) or {}).get("role") in (None, "scan")
         ]
         self.layer_combo.addItems(names)
         if current in names:
@@ -578,6 +578,7 @@ class DetectWidget(QWidget):
                     f"layer {layer.name!r} contains NaN or infinite values: clean the scan first"
                 )
             kwargs = detect_kwargs(params)
+            kwargs.update(self._loaded_scan_inputs(layer, params))
             from ..device import resolve_device
 
             resolve_device(params.device)
@@ -615,6 +616,20 @@ class DetectWidget(QWidget):
         # is fine on a click but not while the restoration runs.
         self._add_preview_layer(layer)
         worker.start()
+
+    def _loaded_scan_inputs(self, layer, params: DetectParams) -> dict:
+        """Brain mask (as edited) and slice range of a scan opened with the Load scan widget."""
+        if layer.metadata.get("napari_uad", {}).get("role") != "scan":
+            return {}
+        from .load import detection_inputs
+
+        inputs = detection_inputs(self.viewer, layer)
+        extra = {}
+        if inputs["brain_mask"] is not None:
+            extra["brain_mask"] = inputs["brain_mask"]
+        if params.scope == "volume" and inputs["slices"] is not None:
+            extra["slices"] = [int(z) for z in inputs["slices"]]
+        return extra
 
     def cancel(self) -> None:
         """Stop the run within one denoising step; no result layers are added."""
