@@ -66,10 +66,13 @@ def _demo_napari(*, device: str) -> int:
 
 
 WIDGETS = ("Detect anomalies", "Threshold", "Figure")
+#: Docked as tabs behind Figure: used less often during a reading.
+TABBED_WIDGETS = ("Load scan", "Case browser", "Train")
 
 
 def dock_widgets(viewer) -> dict:
-    """Dock the napari-uad widgets (Detect, Threshold, Figure) on the right of ``viewer``.
+    """Dock the napari-uad widgets on the right of ``viewer``: Detect, Threshold, and Figure
+    with Load scan, Case browser and Train as tabs beside it.
 
     Returns
     -------
@@ -82,10 +85,16 @@ def dock_widgets(viewer) -> dict:
     for name in WIDGETS:
         docks[name], widgets[name] = viewer.window.add_plugin_dock_widget("napari-uad", name)
     # Give the Threshold table the spare height; Figure needs little.
+    for name in TABBED_WIDGETS:
+        docks[name], widgets[name] = viewer.window.add_plugin_dock_widget(
+            "napari-uad", name, tabify=True
+        )
+    docks["Figure"].show()
+    docks["Figure"].raise_()
     viewer.window._qt_window.resizeDocks(
-        [docks[name] for name in WIDGETS], [360, 460, 180], Qt.Orientation.Vertical
+        [docks[name] for name in WIDGETS], [360, 430, 210], Qt.Orientation.Vertical
     )
-    return {name: widgets[name] for name in WIDGETS}
+    return widgets
 
 
 def start_demo_in_viewer(viewer, *, device: str = "auto", model=None):
