@@ -403,14 +403,9 @@ class Trainer(ABC):
 
     def run(self, progress: Callable[[TrainUpdate], None] | None = None, should_stop=None):
         """:meth:`iter_run` to the end, calling ``progress`` with each update."""
-        generator = self.iter_run(should_stop)
-        while True:
-            try:
-                update = next(generator)
-            except StopIteration as finished:
-                return finished.value
-            if progress is not None:
-                progress(update)
+        from ..methods.base import run_to_completion
+
+        return run_to_completion(self.iter_run(should_stop), progress)
 
     # -- checkpoints ------------------------------------------------------------------------
     def exported_config(self) -> ModelConfig:
