@@ -96,3 +96,39 @@ def test_panels_without_links_give_a_clear_error(make_napari_viewer, tmp_path):
     with pytest.raises(ValueError, match="Detect result"):
         widget.export(tmp_path / "x.png")
     assert not (tmp_path / "x.png").exists()
+
+
+def test_compare_puts_every_detect_result_side_by_side(viewer_with_result, tmp_path):
+    viewer = viewer_with_result
+    first = viewer.layers["anomaly"]
+    first.data[2, 20:30, 20:30] = 0.4
+    second = viewer.add_image(
+        np.where(first.data > 0.5, 0.0, first.data[::-1]).astype(np.float32),
+        name="anomaly · other method",
+        scale=first.scale,
+        metadata={"napari_uad": {**first.metadata["napari_uad"]}},
+    )
+    second.metadata["napari_uad"]["provenance"] = {"method": "other", "model": "u"}
+    widget = FigureWidget(viewer)
+    widget.kind_combo.setCurrentIndex(widget.kind_combo.findData("compare"))
+    widget.dpi_spin.setValue(80)
+    widget.colorbar_check.setChecked(False)
+    path = widget.export(tmp_path / "compare.png")
+    image = imread(path)
+    height, width = image.shape[:2]
+    assert height > 0.45 * width  # two rows of four panels
+    heat = slice(width // 2, 3 * width // 4)
+    for rows in (slice(0, height // 2), slice(height // 2, height)):
+        rgb = image[rows, heat, :3].astype(int)
+        hot = (rgb[..., 0] > 180) & (rgb[..., 2] < 80) & (rgb[..., 1] < 200)
+        assert np.count_nonzero(hot) > 20  # each row has its own heatmap
+
+
+def test_compare_without_results_is_a_clear_error(make_napari_viewer, tmp_path):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.ones((3, 8, 8), dtype=np.float32), name="plain")
+    widget = FigureWidget(viewer)
+    widget.kind_combo.setCurrentIndex(widget.kind_combo.findData("compare"))
+    with pytest.raises(ValueError, match="no Detect results"):
+        widget.export(tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()

@@ -41,6 +41,52 @@ def overview_figure(
     colorbar : bool
         Draw the anomaly score colour bar.
     """
+    provenance = detection.provenance
+    title = (
+        f"{provenance['method']} ({provenance['model']}), axial slice {{slice}}, "
+        f"threshold {detection.threshold:.3g}"
+    )
+    return comparison_figure(
+        scan,
+        [(None, detection)],
+        path,
+        truth=truth,
+        slice_index=slice_index,
+        scale_bar_mm=scale_bar_mm,
+        dpi=dpi,
+        colorbar=colorbar,
+        title=title,
+    )
+
+
+def comparison_figure(
+    scan,
+    detections,
+    path,
+    *,
+    truth: np.ndarray | None = None,
+    slice_index: int | None = None,
+    scale_bar_mm: float = 20.0,
+    dpi: int = 150,
+    colorbar: bool = True,
+    title: str | None = None,
+) -> Path:
+    """Several detections of one scan side by side: one row of 4 panels per detection.
+
+    Parameters
+    ----------
+    scan : Scan
+    detections : sequence of (label, Detection)
+        Each row is titled with its label (e.g. the method and its parameters); each heatmap
+        gets its own colour scale (methods score on different scales).
+    path : path
+        ``.png``, ``.svg`` or ``.pdf``; written atomically.
+    truth, slice_index, scale_bar_mm, dpi, colorbar
+        As in :func:`overview_figure`; the default slice has the largest anomaly mass of the
+        first detection.
+    title : str, optional
+        Figure title; ``{slice}`` is replaced by the slice index.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -50,61 +96,60 @@ def overview_figure(
     path = Path(path)
     if path.suffix.lower() not in (".png", ".svg", ".pdf"):
         raise ValueError(f"figure format {path.suffix!r} not supported: use .png, .svg or .pdf")
+    detections = list(detections)
+    if not detections:
+        raise ValueError("no detection to draw")
     image, scale = to_display(scan.data, scan.affine)
-    healthy, _ = to_display(detection.healthy, scan.affine)
-    anomaly, _ = to_display(detection.anomaly, scan.affine)
-    mask, _ = to_display(detection.lesion_mask, scan.affine)
     truth_display = to_display(truth, scan.affine)[0] if truth is not None else None
     if slice_index is None:
-        slice_index = int(np.argmax(anomaly.reshape(len(anomaly), -1).sum(axis=1)))
+        first, _ = to_display(detections[0][1].anomaly, scan.affine)
+        slice_index = int(np.argmax(first.reshape(len(first), -1).sum(axis=1)))
     aspect = scale[1] / scale[2]
     brain = image[slice_index] > 0
     low, high = np.percentile(image[slice_index][brain], [0.5, 99.5]) if brain.any() else (0, 1)
-    vmax = max(
-        float(np.percentile(anomaly[anomaly > 0], 99.5)) if (anomaly > 0).any() else 1.0, 1e-6
-    )
 
-    figure = Figure(figsize=(12, 3.6), layout="constrained")
-    axes = figure.subplots(1, 4)
-    panels = [
-        ("Scan", image),
-        ("Pseudo-healthy", healthy),
-        ("Anomaly map", None),
-        ("Lesion mask", None),
-    ]
-    for ax, (title, data) in zip(axes, panels, strict=True):
-        ax.set_title(title)
-        ax.set_axis_off()
-        background = data if data is not None else image
-        ax.imshow(
-            background[slice_index],
-            cmap="gray",
-            vmin=low,
-            vmax=high,
-            aspect=aspect,
-            interpolation="nearest",
+    rows = len(detections)
+    figure = Figure(figsize=(12, 3.4 * rows + 0.3), layout="constrained")
+    axes = np.atleast_2d(figure.subplots(rows, 4))
+    for row, (label, detection) in zip(axes, detections, strict=True):
+        healthy, _ = to_display(detection.healthy, scan.affine)
+        anomaly, _ = to_display(detection.anomaly, scan.affine)
+        mask, _ = to_display(detection.lesion_mask, scan.affine)
+        positive = anomaly[anomaly > 0]
+        vmax = max(float(np.percentile(positive, 99.5)) if positive.size else 1.0, 1e-6)
+        panels = [("Scan", image), ("Pseudo-healthy", healthy), ("Anomaly map", image)]
+        panels.append(("Lesion mask", image))
+        for ax, (name, data) in zip(row, panels, strict=True):
+            ax.set_title(name if label is None else f"{label}\n{name}", fontsize=9)
+            ax.set_axis_off()
+            ax.imshow(
+                data[slice_index],
+                cmap="gray",
+                vmin=low,
+                vmax=high,
+                aspect=aspect,
+                interpolation="nearest",
+            )
+        heat = np.ma.masked_less_equal(anomaly[slice_index], 0)
+        shown = row[2].imshow(
+            heat, cmap="hot", vmin=0, vmax=vmax, alpha=0.85, aspect=aspect, interpolation="nearest"
         )
-    heat = np.ma.masked_less_equal(anomaly[slice_index], 0)
-    shown = axes[2].imshow(
-        heat, cmap="hot", vmin=0, vmax=vmax, alpha=0.85, aspect=aspect, interpolation="nearest"
-    )
-    if colorbar:
-        figure.colorbar(shown, ax=axes[2], fraction=0.046, pad=0.02, label="anomaly score")
-    lesion = np.ma.masked_equal(mask[slice_index], 0)
-    axes[3].imshow(lesion, cmap="autumn", alpha=0.7, aspect=aspect, interpolation="nearest")
-    if truth_display is not None and truth_display[slice_index].any():
-        axes[3].contour(truth_display[slice_index] > 0, levels=[0.5], colors="lime", linewidths=1.0)
-        axes[3].set_title("Lesion mask (truth: green)")
+        if colorbar:
+            figure.colorbar(shown, ax=row[2], fraction=0.046, pad=0.02, label="anomaly score")
+        lesion = np.ma.masked_equal(mask[slice_index], 0)
+        row[3].imshow(lesion, cmap="autumn", alpha=0.7, aspect=aspect, interpolation="nearest")
+        if truth_display is not None and truth_display[slice_index].any():
+            row[3].contour(
+                truth_display[slice_index] > 0, levels=[0.5], colors="lime", linewidths=1.0
+            )
+            row[3].set_title(row[3].get_title() + " (truth: green)", fontsize=9)
     if scale_bar_mm > 0:
         pixels = scale_bar_mm / scale[2]
-        rows, cols = image.shape[1:]
-        axes[0].plot([cols * 0.05, cols * 0.05 + pixels], [rows * 0.94] * 2, color="white", lw=3)
-        axes[0].text(cols * 0.05, rows * 0.90, f"{scale_bar_mm:g} mm", color="white", fontsize=8)
-    figure.suptitle(
-        f"{detection.provenance['method']} ({detection.provenance['model']}), axial slice "
-        f"{slice_index}, threshold {detection.threshold:.3g}",
-        fontsize=10,
-    )
+        height, width = image.shape[1:]
+        corner = axes[0, 0]
+        corner.plot([width * 0.05, width * 0.05 + pixels], [height * 0.94] * 2, color="white", lw=3)
+        corner.text(width * 0.05, height * 0.90, f"{scale_bar_mm:g} mm", color="white", fontsize=8)
+    figure.suptitle((title or "axial slice {slice}").format(slice=slice_index), fontsize=10)
     atomic_write(
         path, lambda temp: figure.savefig(temp, dpi=dpi, format=path.suffix[1:]), suffix=path.suffix
     )

@@ -55,6 +55,7 @@ class FigureWidget(QWidget):
         self.kind_combo = QComboBox()
         self.kind_combo.addItem("Current view", "view")
         self.kind_combo.addItem("Panels: scan, pseudo-healthy, heatmap, mask", "panels")
+        self.kind_combo.addItem("Panels of every Detect result, side by side", "compare")
         self.anomaly_combo = QComboBox()
         self.anomaly_combo.setToolTip("Heatmap for the colour bar (and the panels' result)")
         self.format_combo = QComboBox()
@@ -133,7 +134,18 @@ class FigureWidget(QWidget):
         if path.suffix.lower().lstrip(".") not in FORMATS:
             path = path.with_name(path.name + "." + self.format_combo.currentData())
         if self.kind_combo.currentData() == "panels":
-            return self._export_panels(path)
+            return self._export_panels(path, [self.anomaly_layer()])
+        if self.kind_combo.currentData() == "compare":
+            from napari.layers import Image
+
+            layers = [
+                layer
+                for layer in self.viewer.layers
+                if isinstance(layer, Image) and is_anomaly_layer(layer)
+            ]
+            if not layers:
+                raise ValueError("no Detect results to compare: run Detect first")
+            return self._export_panels(path, layers)
         return self._export_view(path)
 
     def _export_view(self, path: Path) -> Path:
@@ -175,13 +187,35 @@ class FigureWidget(QWidget):
         zoom = float(camera(self.viewer).zoom)  # canvas pixels per world unit
         return float(canvas_width) / (zoom * image_width)
 
-    def _export_panels(self, path: Path) -> Path:
-        from ..figures import overview_figure
+    def _export_panels(self, path: Path, anomalies: list) -> Path:
+        """One row of scan / pseudo-healthy / heatmap / mask panels per anomaly layer."""
+        from ..figures import comparison_figure, overview_figure
+
+        if not anomalies or anomalies[0] is None:
+            raise ValueError("choose a heatmap (an anomaly map from the Detect widget)")
+        rows = [self._detection_of(anomaly) for anomaly in anomalies]
+        scan = rows[0][0]
+        first = anomalies[0]
+        slice_index = int(round(float(first.world_to_data(self.viewer.dims.point)[-3])))
+        slice_index = int(np.clip(slice_index, 0, first.data.shape[-3] - 1))
+        options = dict(
+            slice_index=slice_index,
+            scale_bar_mm=self.scalebar_spin.value() if self.scalebar_check.isChecked() else 0,
+            dpi=self.dpi_spin.value(),
+            colorbar=self.colorbar_check.isChecked(),
+        )
+        if len(rows) == 1:
+            return overview_figure(scan, rows[0][1], path, **options)
+        labels = [anomaly.name.split(" · ", 1)[-1] for anomaly in anomalies]
+        detections = [
+            (label, detection) for label, (_, detection) in zip(labels, rows, strict=True)
+        ]
+        return comparison_figure(scan, detections, path, **options)
+
+    def _detection_of(self, anomaly):
+        """The scan and a :class:`~napari_uad.pipeline.Detection` rebuilt from a result's layers."""
         from ..pipeline import Detection
 
-        anomaly = self.anomaly_layer()
-        if anomaly is None:
-            raise ValueError("choose a heatmap (an anomaly map from the Detect widget)")
         roles = {role: linked_layer(self.viewer, anomaly, role) for role in ("scan", "healthy")}
         roles["mask"] = linked_layer(self.viewer, anomaly, "mask")
         missing = [role for role, layer in roles.items() if layer is None]
@@ -207,17 +241,7 @@ class FigureWidget(QWidget):
             threshold=float(mask_info.get("threshold", (info or {}).get("threshold", 0.0))),
             provenance=provenance,
         )
-        slice_index = int(round(float(anomaly.world_to_data(self.viewer.dims.point)[-3])))
-        slice_index = int(np.clip(slice_index, 0, anomaly.data.shape[-3] - 1))
-        return overview_figure(
-            scan,
-            detection,
-            path,
-            slice_index=slice_index,
-            scale_bar_mm=self.scalebar_spin.value() if self.scalebar_check.isChecked() else 0,
-            dpi=self.dpi_spin.value(),
-            colorbar=self.colorbar_check.isChecked(),
-        )
+        return scan, detection
 
     def _ask_path(self) -> None:
         fmt = self.format_combo.currentData()
