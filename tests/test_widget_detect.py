@@ -228,24 +228,30 @@ def test_main_thread_stays_responsive(viewer_with_sample, models_dir, qtbot):
     widget.run()
     clicked = time.perf_counter()
     widget.worker.returned.connect(lambda _: returned.append(time.perf_counter()))
+    yielded = []
+    widget.worker.yielded.connect(lambda _: yielded.append(time.perf_counter()))
     qtbot.waitUntil(lambda: widget.state is not State.RUNNING, timeout=120_000)
     qtbot.wait(50)
     timer.stop()
     assert widget.state is State.DONE
     ticks = np.asarray(ticks)
     gaps = np.diff(ticks) * 1000
-    during = gaps[(ticks[1:] > clicked) & (ticks[:-1] < returned[0])]
+    # The click itself (reading the layer, creating the preview layer) is one gap spanning
+    # ``run()``; the restoration's own stalls are the gaps that start after it.
+    click = gaps[(ticks[:-1] < clicked) & (ticks[1:] > clicked)]
+    during = gaps[(ticks[:-1] >= clicked) & (ticks[1:] <= yielded[-1])]
     after = gaps[ticks[:-1] >= returned[0] - 0.01]
     print(
-        f"\nmain-thread stall: longest {during.max():.1f} ms during the restoration "
-        f"({len(during)} ticks, {returned[0] - clicked:.1f} s), {after.max():.1f} ms while the "
-        "result layers were added"
+        f"\nmain-thread stall: Run click {click.max():.1f} ms; longest {during.max():.1f} ms "
+        f"during the restoration ({len(during)} ticks, {returned[0] - clicked:.1f} s), "
+        f"{after.max():.1f} ms while the result layers were added"
     )
     assert len(during) > 20
-    # Loose bounds that still catch work on the GUI thread (a restoration there stalls for
-    # seconds): on a quiet 2-core machine the longest gap is ~90-110 ms, under load from
-    # other processes up to ~200 ms, and adding the result layers ~100-250 ms.
-    assert during.max() < 500
+    # Measured on the quiet 2-core machine: 22-24 ms during the restoration, ~90-125 ms for
+    # the Run click and ~80-120 ms while the result layers are added (napari creating layers).
+    # The bounds leave room for a loaded machine and still catch work on the GUI thread
+    # (a restoration there stalls for seconds).
+    assert during.max() < 250
     assert after.max() < 2000
 
 
