@@ -118,3 +118,32 @@ def test_missing_or_empty_folder(tmp_path, models_dir, capsys):
     assert "is not a folder" in capsys.readouterr().err
     assert main(["train", str(tmp_path), "--out", "x"]) == 2
     assert "no usable scan" in capsys.readouterr().err
+
+
+def test_an_addm_model_detects_with_method_addm(
+    healthy_folder, models_dir, phantom_scan_files, tmp_path, capsys
+):
+    assert (
+        main(
+            [
+                "train",
+                str(healthy_folder),
+                "--method",
+                "addm",
+                "--out",
+                "adv",
+                "--steps",
+                "4",
+                *TINY,
+            ]
+        )
+        == 0
+    )
+    assert load_config(models_dir / "adv").components["discriminator"]["kind"] == "discriminator"
+    args = ["restore", str(phantom_scan_files["scan"]), "--method", "addm", "--steps", "2"]
+    assert main([*args, "--model", "adv", "--out", str(tmp_path / "r")]) == 0
+    report = json.loads((tmp_path / "r" / "scan.json").read_text())
+    assert report["method"] == "addm" and report["model"] == "adv"
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "r2")]) == 2  # no shipped addm model
+    assert "no model named 'addm'" in capsys.readouterr().err
