@@ -168,6 +168,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings(), cpu_threads(getattr(args, "threads", None)):
             warnings.simplefilter("default")
+            # Our own warnings are user-facing; libraries' deprecation notices (napari's
+            # pydantic use prints ~20 at start-up) are not, as in Python's default filters.
+            warnings.filterwarnings("ignore", category=DeprecationWarning)
+            warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
             warnings.formatwarning = _format_warning
             return handlers[args.command](args) or 0
     except KeyboardInterrupt:
