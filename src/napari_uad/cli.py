@@ -379,19 +379,12 @@ def _fmt(value) -> str:
 def _train(args) -> int:
     from tqdm.auto import tqdm
 
-    from .models.registry import user_models_dir
+    from .models.registry import model_output_folder
     from .training import distributed
     from .training.api import create_trainer
-    from .training.dataset import load_healthy_folder
 
     value = args.out
-    out = Path(value).expanduser()
-    if not ("/" in value or os.sep in value or value.startswith(".")):
-        from .models.registry import _NAME
-
-        if not _NAME.match(value):
-            raise UsageError(f"invalid model name {value!r}: use letters, digits, '.', '_', '-'")
-        out = user_models_dir() / value
+    out = model_output_folder(value)
     device = distributed.init_from_env(args.device)
     rank, world = distributed.rank_and_size()
     leader = rank == 0
@@ -411,16 +404,8 @@ def _train(args) -> int:
     if args.precision != "auto":
         settings["precision"] = args.precision
     try:
-        grid = args.grid
-        if args.resume:
-            from .training.loop import resume_state
-
-            grid = resume_state(out)[1]["config"]["grid"]
-        data = load_healthy_folder(args.data, grid=grid, cache_dir=args.cache)
-        if leader:
-            print(data.report.summary())
         trainer = create_trainer(
-            data,
+            args.data,
             method=args.method or (None if args.resume else "ddpm"),
             out=out,
             steps=args.steps,
@@ -432,9 +417,11 @@ def _train(args) -> int:
             base_channels=args.channels,
             device=device,
             options=_parse_options(args.option),
+            cache_dir=args.cache,
             **settings,
         )
         if leader:
+            print(trainer.data_report.summary())
             where = f"{trainer.device}" + (f" x {world} processes" if world > 1 else "")
             print(
                 f"training {trainer.family} model {out.name!r} on {where}: "

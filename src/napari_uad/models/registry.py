@@ -75,6 +75,27 @@ def resolve_model(name_or_path) -> Path:
     raise CheckpointError(f"no model named {value!r} (available: {names})")
 
 
+def model_output_folder(name_or_path) -> Path:
+    """Where a new model is saved (``napari-uad train --out``, the Train widget).
+
+    A bare name goes into :func:`user_models_dir`, where :func:`resolve_model` finds it; a value
+    with a path separator, or starting with ``.``, is that folder.
+
+    Raises
+    ------
+    ValueError
+        For an empty value or a name that is not a valid model name.
+    """
+    value = str(name_or_path).strip()
+    if not value:
+        raise ValueError("give the model an output name")
+    if "/" in value or "\\" in value or os.sep in value or value.startswith("."):
+        return Path(value).expanduser()
+    if not _NAME.match(value):
+        raise ValueError(f"invalid model name {value!r}: use letters, digits, '.', '_', '-'")
+    return user_models_dir() / value
+
+
 def list_models(method: str | None = None) -> list[ModelInfo]:
     """Installed models (user folder first), optionally only those of one method."""
     found: dict[str, ModelInfo] = {}

@@ -59,6 +59,7 @@ def create_trainer(
     base_channels: int = 16,
     device: str = "auto",
     options: dict[str, Any] | None = None,
+    cache_dir=None,
     **settings,
 ) -> Trainer:
     """A ready trainer for a new, fine-tuning or resumed run.
@@ -66,7 +67,8 @@ def create_trainer(
     Parameters
     ----------
     data : path or HealthySlices
-        Folder of healthy scans (see :mod:`napari_uad.training.dataset`) or prepared slices.
+        Folder of healthy scans (see :mod:`napari_uad.training.dataset`), read on the grid of
+        the model being trained (new, fine-tuned or resumed), or prepared slices.
     method : {'ddpm', 'addm', 'disyre', 'madad'}, optional
         Model family; None when resuming takes the stored one.
     out : path
@@ -86,6 +88,8 @@ def create_trainer(
     device : str
     options : dict, optional
         Family-specific recipe options (e.g. ``max_timestep``, ``vae_steps``, ``patch_size``).
+    cache_dir : path, optional
+        Cache of the prepared slices when ``data`` is a folder.
     **settings
         :class:`~napari_uad.training.loop.TrainSettings` fields (batch_size, learning_rate, ...).
 
@@ -105,7 +109,7 @@ def create_trainer(
                 f"resuming with the run's stored settings; ignoring {', '.join(ignored)}",
                 stacklevel=2,
             )
-        return _resume(data, out, method=method, steps=steps, device=device, grid=grid)
+        return _resume(data, out, method=method, steps=steps, device=device, cache_dir=cache_dir)
     if state_path.is_file() and not overwrite:
         raise InputError(
             f"{out} already holds a training run: resume it (--resume) or start afresh "
@@ -128,7 +132,7 @@ def create_trainer(
         if noise is not None:
             kwargs["noise"] = noise
         config = trainer_class.default_config(out.name, **kwargs)
-    data = _load_data(data, grid)
+    data = _load_data(data, grid, cache_dir)
     if steps is not None:
         settings["steps"] = steps
     return trainer_class(
@@ -142,7 +146,7 @@ def create_trainer(
     )
 
 
-def _resume(data, out: Path, *, method, steps, device, grid) -> Trainer:
+def _resume(data, out: Path, *, method, steps, device, cache_dir) -> Trainer:
     from ..models.config import ModelConfig
 
     tensors, metadata = resume_state(out)
@@ -155,7 +159,7 @@ def _resume(data, out: Path, *, method, steps, device, grid) -> Trainer:
         if steps < metadata["step"]:
             raise InputError(f"the run in {out} is already at step {metadata['step']} > {steps}")
         settings["steps"] = steps
-    data = _load_data(data, config.grid)
+    data = _load_data(data, config.grid, cache_dir)
     if len(data) != metadata["data"].get("slices", len(data)):
         import warnings
 
@@ -176,12 +180,12 @@ def _resume(data, out: Path, *, method, steps, device, grid) -> Trainer:
     return trainer
 
 
-def _load_data(data, grid: int) -> HealthySlices:
+def _load_data(data, grid: int, cache_dir=None) -> HealthySlices:
     if isinstance(data, HealthySlices):
         if data.grid != grid:
             raise InputError(f"the slices are on a {data.grid} grid, the model uses {grid}")
         return data
-    return load_healthy_folder(data, grid=grid)
+    return load_healthy_folder(data, grid=grid, cache_dir=cache_dir)
 
 
 def _initial_networks(init, trainer_class):

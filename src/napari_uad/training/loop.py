@@ -177,8 +177,9 @@ class Trainer(ABC):
         Model folder written (checkpoints, final model, training state); None writes nothing.
     device : str
         'auto', 'cpu', 'cuda', 'cuda:1', 'mps'.
-    init : (ModelConfig-compatible) dict of str to nn.Module, optional
-        Networks to start from (fine-tuning), by name.
+    init : dict of str to nn.Module, optional
+        Networks to start from (fine-tuning), by name; their architecture must match
+        ``config``.
     **options
         Family-specific recipe options (see each subclass's ``OPTIONS``).
     """
@@ -357,7 +358,7 @@ class Trainer(ABC):
                 if stage != current_stage:
                     self.on_stage_start(stage)
                     current_stage = stage
-                self._set_learning_rate((self.step - start) / max(length, 1))
+                self._set_learning_rate(self.step - start, length)
                 images, masks = self.next_batch()
                 with self.autocast():
                     losses = self.training_step(images, masks)
@@ -524,12 +525,12 @@ class Trainer(ABC):
     def _due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
 
-    def _set_learning_rate(self, fraction: float) -> None:
-        stage, start, _ = self.stage(self.step)
+    def _set_learning_rate(self, local_step: int, length: int) -> None:
+        """Warm-up, then a cosine from the peak to a tenth of it, over the current stage."""
         warm = self.settings.warmup_steps
-        local = self.step - start
-        factor = min(1.0, (local + 1) / warm) if warm > 0 else 1.0
-        factor *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(max(fraction, 0.0), 1.0)))
+        factor = min(1.0, (local_step + 1) / warm) if warm > 0 else 1.0
+        fraction = min(max(local_step / max(length, 1), 0.0), 1.0)
+        factor *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * fraction))
         for optimiser in self.optimisers.values():
             for group in optimiser.param_groups:
                 group["lr"] = self.settings.learning_rate * factor

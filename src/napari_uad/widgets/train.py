@@ -102,7 +102,6 @@ class TrainWidget(QWidget):
         super().__init__(parent)
         self.viewer = napari_viewer
         self.worker = None
-        self.trainer = None
         self._stop = False
 
         self.folder = QLineEdit()
@@ -197,14 +196,9 @@ class TrainWidget(QWidget):
 
     def output_folder(self) -> Path:
         """Where the model goes: a bare name lands in the user models folder."""
-        from ..models.registry import user_models_dir
+        from ..models.registry import model_output_folder
 
-        value = self.output.text().strip()
-        if not value:
-            raise ValueError("give the model an output name")
-        if "/" in value or "\\" in value or value.startswith("."):
-            return Path(value).expanduser()
-        return user_models_dir() / value
+        return model_output_folder(self.output.text())
 
     # -- running ----------------------------------------------------------------------------
     def start(self):
@@ -316,16 +310,9 @@ class TrainWidget(QWidget):
 def _train_steps(widget: TrainWidget, folder: Path, settings: dict):
     """The worker's generator: read the data, then train, yielding status text and updates."""
     from ..training.api import create_trainer
-    from ..training.dataset import load_healthy_folder
-    from ..training.loop import resume_state
 
-    grid = settings["grid"]
-    if settings["resume"]:
-        grid = resume_state(settings["out"])[1]["config"]["grid"]
-    data = load_healthy_folder(folder, grid=grid)
-    yield data.report.summary().splitlines()[0]
-    trainer = create_trainer(data, **settings)
-    widget.trainer = trainer
+    trainer = create_trainer(folder, **settings)
+    yield trainer.data_report.summary().splitlines()[0]
     return (yield from trainer.iter_run(should_stop=lambda: widget._stop))
 
 
