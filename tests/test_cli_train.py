@@ -147,3 +147,13 @@ def test_an_addm_model_detects_with_method_addm(
     capsys.readouterr()
     assert main([*args, "--out", str(tmp_path / "r2")]) == 2  # no shipped addm model
     assert "no model named 'addm'" in capsys.readouterr().err
+
+
+def test_init_reads_the_data_on_the_initial_models_grid(healthy_folder, tmp_path):
+    base = tmp_path / "base"
+    assert main(["train", str(healthy_folder), "--out", str(base), "--steps", "2", *TINY]) == 0
+    tuned = tmp_path / "tuned"
+    # No --grid: the data must be prepared on the 32 grid of the model it starts from.
+    args = ["train", str(healthy_folder), "--out", str(tuned), "--steps", "2", "--batch-size", "4"]
+    assert main([*args, "--init", str(base)]) == 0
+    assert load_config(tuned).grid == 32
