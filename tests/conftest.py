@@ -23,7 +23,14 @@ def tiny_config(**overrides) -> ModelConfig:
             base_channels=8, channel_mults=(1, 2), groups=4, attention_levels=(False, False)
         ),
         diffusion=DiffusionConfig(prediction_type="sample", noise="gaussian"),
-        defaults={"noise_level": 100, "steps": 5, "smoothing": 3},
+        defaults={
+            "noise_level": 100,
+            "steps": 5,
+            "smoothing": 3,
+            # The same DDPM serves thor and autoddpm, with their own defaults for this model.
+            "thor": {"noise_level": 150, "steps": 6, "harmonise_at": [125, 50], "kernel": 3},
+            "autoddpm": {"noise_level": 100, "inpaint_level": 30},
+        },
     )
     settings.update(overrides)
     return ModelConfig(**settings)
@@ -86,3 +93,65 @@ def phantom_scan_files(tmp_path_factory):
         nib.save(img, path)
         files[name] = path
     return files
+
+
+def _train_tiny(method, folder, steps, **options):
+    from napari_uad.training.api import create_trainer
+    from napari_uad.training.dataset import slices_from_arrays
+
+    data = make_dataset(48, size=TINY_GRID, seed=0)
+    trainer = create_trainer(
+        slices_from_arrays(data["images"], data["masks"]),
+        method=method,
+        out=folder,
+        steps=steps,
+        grid=TINY_GRID,
+        base_channels=8,
+        batch_size=8,
+        warmup_steps=5,
+        preview_every=0,
+        learning_rate=2e-3,
+        checkpoint_every=0,
+        augment=None,
+        options=options or None,
+    )
+    return trainer.run().model_dir
+
+
+@pytest.fixture(scope="session")
+def tiny_disyre_dir(tmp_path_factory):
+    """A tiny DISYRE model trained for 150 steps on 32x32 phantoms (~30 s on a CPU)."""
+    return _train_tiny("disyre", tmp_path_factory.mktemp("models") / "tiny-disyre", 150)
+
+
+@pytest.fixture(scope="session")
+def tiny_madad_dir(tmp_path_factory):
+    """A tiny MAD-AD model (130 autoencoder + 130 latent steps) on 32x32 phantoms (~30 s)."""
+    return _train_tiny(
+        "madad", tmp_path_factory.mktemp("models") / "tiny-madad", 260, vae_steps=130
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_addm_dir(tiny_trained, tmp_path_factory):
+    """The tiny DDPM saved as an ``addm`` model (ADDM's training is tested on its own)."""
+    import copy
+
+    model, config, _ = tiny_trained
+    config = copy.deepcopy(config)
+    config.name, config.method = "tiny-addm", "addm"
+    config.calibration = {"threshold": 0.2, "percentile": 99.5}
+    return save_checkpoint(tmp_path_factory.mktemp("models") / "tiny-addm", model, config)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_model_dir, tiny_addm_dir, tiny_disyre_dir, tiny_madad_dir):
+    """Model folder for each of the six methods (the DDPM serves three of them)."""
+    return {
+        "anoddpm": tiny_model_dir,
+        "addm": tiny_addm_dir,
+        "autoddpm": tiny_model_dir,
+        "thor": tiny_model_dir,
+        "disyre": tiny_disyre_dir,
+        "madad": tiny_madad_dir,
+    }

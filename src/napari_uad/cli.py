@@ -66,8 +66,41 @@ def build_parser() -> argparse.ArgumentParser:
     )
     restore.add_argument("--batch-size", type=int, default=8)
     restore.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
+    _add_sampling_arguments(restore)
     restore.add_argument("--out", required=True, type=Path, metavar="DIR")
     restore.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+
+    compare = commands.add_parser(
+        "compare",
+        help="several methods on one scan: one side-by-side figure and a metrics table",
+        description="Run several methods on one scan and write one figure with a row per "
+        "method (<stem>_compare.png), each method's anomaly map, and, with --truth, AUROC, AP "
+        "and Dice per method (<stem>_compare.csv and .json).",
+    )
+    compare.add_argument("input", metavar="SCAN", help="NIfTI scan")
+    compare.add_argument(
+        "--methods", required=True, metavar="A,B,C", help=f"from {', '.join(METHOD_NAMES)}"
+    )
+    compare.add_argument(
+        "--model",
+        action="append",
+        default=[],
+        metavar="METHOD=MODEL",
+        help="model name or folder for a method (repeat); shipped defaults otherwise",
+    )
+    compare.add_argument("--truth", metavar="MASK", help="lesion truth mask for metrics")
+    compare.add_argument("--brain-mask", metavar="PATH|auto", default="auto")
+    compare.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
+    compare.add_argument("--seed", type=int, default=0)
+    compare.add_argument("--threshold", default="auto", metavar="auto|VALUE")
+    compare.add_argument("--batch-size", type=int, default=8)
+    compare.add_argument("--slice", type=int, metavar="N", help="axial slice shown (display index)")
+    compare.add_argument("--format", choices=("png", "svg", "pdf"), default="png")
+    compare.add_argument("--dpi", type=int, default=150)
+    compare.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
+    _add_sampling_arguments(compare, method_params=False)
+    compare.add_argument("--out", required=True, type=Path, metavar="DIR")
+    compare.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
     evaluate = commands.add_parser("evaluate", help="metrics of anomaly maps against truth masks")
     evaluate.add_argument("maps", nargs="+", metavar="ANOMALY", help="anomaly map NIfTI files")
@@ -107,6 +140,25 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto")
     demo.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     return parser
+
+
+def _add_sampling_arguments(parser, *, method_params: bool = True) -> None:
+    parser.add_argument(
+        "--samples",
+        type=int,
+        default=1,
+        metavar="K",
+        help="run K seeds; write the mean map and its per-voxel standard deviation "
+        "(<stem>_uncertainty.nii.gz)",
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE" if method_params else "METHOD.KEY=VALUE",
+        help="a method parameter (docs/methods.md), e.g. harmonise_at=[300,150] or "
+        "mask_percentile=90" + ("" if method_params else "; prefix the method: thor.kernel=9"),
+    )
 
 
 def _add_train_parser(commands) -> None:
@@ -160,6 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handlers = {
         "restore": _restore,
+        "compare": _compare,
         "evaluate": _evaluate,
         "train": _train,
         "models": _models,
@@ -213,10 +266,12 @@ def _restore(args) -> int:
         raise UsageError("give one --brain-mask per input (or 'auto')")
     if args.batch_size < 1:
         raise UsageError("--batch-size must be >= 1")
+    if args.samples < 1:
+        raise UsageError("--samples must be >= 1")
     stems = [nifti_stem(path) for path in args.inputs]
     if len(set(stems)) != len(stems):
         raise UsageError("two inputs share a file name; their outputs would collide")
-    planned = [_output_paths(args.out, stem) for stem in stems]
+    planned = [_output_paths(args.out, stem, uncertainty=args.samples > 1) for stem in stems]
     given = [*args.inputs, *(m for m in masks if m != "auto")]
     for outputs in planned:
         for output in outputs.values():
@@ -234,6 +289,7 @@ def _restore(args) -> int:
         "smoothing": args.smoothing,
     }
     params = {k: v for k, v in params.items() if v is not None}
+    params.update(_parse_options(args.param, flag="--param"))
     for index, (path, stem, outputs) in enumerate(zip(args.inputs, stems, planned, strict=True)):
         scan = read_scan(path)
         mask_arg = masks[index] if len(masks) == len(args.inputs) else (masks[0] if masks else None)
@@ -257,6 +313,7 @@ def _restore(args) -> int:
                 threshold=threshold,
                 min_size=args.min_size,
                 erode_brain=args.erode_brain,
+                samples=args.samples,
                 progress=progress,
                 **params,
             )
@@ -273,6 +330,8 @@ def _restore(args) -> int:
             write_nifti(outputs["healthy"], result.healthy, like=scan)
             write_nifti(outputs["anomaly"], result.anomaly, like=scan)
             write_nifti(outputs["mask"], result.lesion_mask, like=scan, dtype="uint8")
+            if "uncertainty" in outputs:
+                write_nifti(outputs["uncertainty"], result.uncertainty, like=scan)
             atomic_write_text(outputs["provenance"], json.dumps(provenance, indent=2) + "\n")
         except BaseException:
             # All four outputs or none (with --overwrite, no mix of old and new files either).
@@ -288,13 +347,127 @@ def _restore(args) -> int:
     return 0
 
 
-def _output_paths(out: Path, stem: str) -> dict[str, Path]:
-    return {
+def _output_paths(out: Path, stem: str, *, uncertainty: bool = False) -> dict[str, Path]:
+    paths = {
         "healthy": out / f"{stem}_healthy.nii.gz",
         "anomaly": out / f"{stem}_anomaly.nii.gz",
         "mask": out / f"{stem}_mask.nii.gz",
-        "provenance": out / f"{stem}.json",
     }
+    if uncertainty:
+        paths["uncertainty"] = out / f"{stem}_uncertainty.nii.gz"
+    paths["provenance"] = out / f"{stem}.json"
+    return paths
+
+
+def _compare(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .compare import best_truth_slice, iter_compare, parse_methods, table_text, write_table
+    from .figures import comparison_figure
+    from .io import nifti_stem, read_mask, read_scan, write_nifti
+    from .io.atomic import atomic_write_text
+    from .methods.base import run_to_completion
+    from .pipeline import parse_threshold
+
+    methods = parse_methods(args.methods)
+    models = {}
+    for item in args.model:
+        method, sep, model = item.partition("=")
+        if not sep or method not in methods or not model:
+            raise UsageError(f"--model takes METHOD=MODEL for a compared method, got {item!r}")
+        models[method] = model
+    params: dict[str, dict] = {}
+    for key, value in _parse_options(args.param, flag="--param").items():
+        method, sep, name = key.partition(".")
+        if not sep or method not in methods:
+            raise UsageError(f"--param takes METHOD.KEY=VALUE for a compared method, got {key!r}")
+        params.setdefault(method, {})[name] = value
+    if args.samples < 1 or args.batch_size < 1:
+        raise UsageError("--samples and --batch-size must be >= 1")
+    threshold = parse_threshold(args.threshold)
+    stem = nifti_stem(args.input)
+    outputs = {
+        "figure": args.out / f"{stem}_compare.{args.format}",
+        "table": args.out / f"{stem}_compare.csv",
+        "json": args.out / f"{stem}_compare.json",
+        **{m: args.out / f"{stem}_{m}_anomaly.nii.gz" for m in methods},
+    }
+    given = [args.input, *(p for p in (args.truth, args.brain_mask) if p and p != "auto")]
+    for output in outputs.values():
+        if any(_same_path(output, other) for other in given):
+            raise UsageError(f"refusing to overwrite the input file {output}: change --out")
+    existing = [p.name for p in outputs.values() if p.exists()]
+    if existing and not args.overwrite:
+        raise UsageError(f"{existing[0]} exists in {args.out}; pass --overwrite to replace")
+    scan = read_scan(args.input)
+    truth = read_mask(args.truth, like=scan) if args.truth else None
+    brain_mask = None if args.brain_mask == "auto" else read_mask(args.brain_mask, like=scan)
+    bars: dict[str, tqdm] = {}
+
+    def progress(update):
+        bar = bars.get(update.message)
+        if bar is None:
+            for previous in bars.values():
+                previous.close()
+            bar = bars[update.message] = tqdm(total=update.total, desc=update.message, unit="NFE")
+        bar.update(update.done - bar.n)
+
+    try:
+        comparison = run_to_completion(
+            iter_compare(
+                scan,
+                methods,
+                models=models,
+                truth=truth,
+                brain_mask=brain_mask,
+                params=params,
+                device=args.device,
+                seed=args.seed,
+                batch_size=args.batch_size,
+                threshold=threshold,
+                samples=args.samples,
+            ),
+            progress,
+        )
+    finally:
+        for bar in bars.values():
+            bar.close()
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = comparison.rows()
+    slice_index = args.slice
+    if slice_index is None and truth is not None and truth.any():
+        slice_index = best_truth_slice(truth, scan.affine)
+    written = []
+    try:
+        for run in comparison.runs:
+            written.append(write_nifti(outputs[run.method], run.detection.anomaly, like=scan))
+        written.append(
+            comparison_figure(
+                scan,
+                [(run.label, run.detection) for run in comparison.runs],
+                outputs["figure"],
+                truth=truth,
+                slice_index=slice_index,
+                dpi=args.dpi,
+                title=f"{stem}: {len(methods)} methods, axial slice {{slice}}",
+            )
+        )
+        written.append(write_table(rows, outputs["table"]))
+        details = [
+            {**row, "provenance": run.detection.provenance}
+            for row, run in zip(rows, comparison.runs, strict=True)
+        ]
+        written.append(atomic_write_text(outputs["json"], json.dumps(details, indent=2) + "\n"))
+    except BaseException:
+        for path in outputs.values():
+            path.unlink(missing_ok=True)
+        raise
+    print(table_text(rows))
+    print(
+        f"wrote {outputs['figure'].name}, {outputs['table'].name} and {len(methods)} maps "
+        f"-> {args.out}"
+    )
+    return 0
 
 
 def _same_path(a, b) -> bool:
@@ -499,12 +672,12 @@ def _updates(run, result: dict):
     result["value"] = yield from run
 
 
-def _parse_options(items: list[str]) -> dict:
+def _parse_options(items: list[str], *, flag: str = "--option") -> dict:
     options = {}
     for item in items:
         key, sep, text = item.partition("=")
         if not sep or not key:
-            raise UsageError(f"--option takes KEY=VALUE, got {item!r}")
+            raise UsageError(f"{flag} takes KEY=VALUE, got {item!r}")
         try:
             options[key] = json.loads(text)
         except json.JSONDecodeError:

@@ -53,6 +53,9 @@ class Detection:
         Method, model, parameters, version, device, timings and NFE (written as JSON).
     lesions : list of :class:`~napari_uad.postprocess.Lesion`
         Connected lesions of ``lesion_mask``, largest first, volumes in mL.
+    uncertainty : (X, Y, Z) float32 ndarray or None
+        With ``samples > 1``: the per-voxel standard deviation of the anomaly map over the
+        runs (``anomaly`` is then their mean); None otherwise.
     """
 
     healthy: np.ndarray
@@ -62,6 +65,7 @@ class Detection:
     threshold: float
     provenance: dict[str, Any]
     lesions: list = field(default_factory=list)
+    uncertainty: np.ndarray | None = None
 
 
 @dataclass
@@ -99,20 +103,19 @@ def load_method(method: str, model=None, *, noise: str | None = None, device="au
 
 @lru_cache(maxsize=4)
 def _load_method_cached(method_class, path: str, stamp: int, device: str) -> LoadedMethod:
-    from .models.checkpoint import WEIGHTS_NAME, load_checkpoint
+    from .models.checkpoint import WEIGHTS_NAME, load_config
 
-    model, config = load_checkpoint(path, device=device)
-    if config.method != method_class.name and not (
-        method_class.name == "anoddpm" and config.method in ("anoddpm", "ddpm")
-    ):
+    config = load_config(path)
+    if not method_class.accepts(config.method):
         warnings.warn(
             f"model {config.name!r} was trained for {config.method!r}, "
             f"used here with {method_class.name!r}",
             stacklevel=3,
         )
+    method_instance = method_class.from_checkpoint(path, device=device)
     digest = hashlib.sha256(Path(path, WEIGHTS_NAME).read_bytes()).hexdigest()
     return LoadedMethod(
-        method=method_class(model, config, device=device),
+        method=method_instance,
         model_name=config.name,
         model_path=Path(path),
         model_sha256=digest,
@@ -141,6 +144,7 @@ def iter_detect(
     min_size: int = 0,
     erode_brain: int = 0,
     slices=None,
+    samples: int = 1,
     should_stop: StopCallback | None = None,
     **params,
 ) -> Generator[Progress, None, Detection]:
@@ -178,6 +182,9 @@ def iter_detect(
     slices : sequence of int, optional
         Restrict to these axial slices (indices in RAS+ orientation, see
         :func:`napari_uad.preprocess.to_canonical`); all slices with brain when None.
+    samples : int
+        Run the method with ``samples`` seeds (``seed``, ``seed + 1``, ...) and return the mean
+        maps and the per-voxel standard deviation (``Detection.uncertainty``).
     should_stop : callable, optional
         Cooperative cancellation (see :meth:`~.methods.base.Method.iter_restore`).
     **params
@@ -207,6 +214,7 @@ def iter_detect(
         batch_size=batch_size,
         slice_ids=prepared.slice_indices[keep],
         should_stop=should_stop,
+        samples=samples,
         **params,
     )
     images, masks = prepared.model_slices[keep], prepared.mask_model[keep]
@@ -241,7 +249,16 @@ def iter_detect(
     anomaly = prepared.to_input_grid(anomaly_model).clip(min=0) * scored
     healthy = _to_scan_intensity(prepared, prepared.to_input_grid(healthy_model))
     healthy *= brain_mask_input
-    threshold_value, threshold_source = _resolve_threshold(threshold, config, anomaly, scored)
+    uncertainty = None
+    if result.uncertainty is not None:
+        uncertainty_model = np.zeros_like(prepared.model_slices)
+        uncertainty_model[keep] = result.uncertainty
+        uncertainty = (prepared.to_input_grid(uncertainty_model).clip(min=0) * scored).astype(
+            np.float32
+        )
+    threshold_value, threshold_source = _resolve_threshold(
+        threshold, loaded.method, anomaly, scored
+    )
     lesion_mask = binarise(anomaly, threshold_value, brain_mask=scored, min_size=min_size)
     lesions = lesion_table(lesion_mask, anomaly, spacing=scan.spacing)
     timings["postprocess_s"] = time.perf_counter() - tick
@@ -257,6 +274,7 @@ def iter_detect(
         "parameters": {
             **result.parameters,
             "seed": seed,
+            "samples": samples,
             "batch_size": batch_size,
             "threshold": threshold_value,
             "threshold_source": threshold_source,
@@ -284,6 +302,7 @@ def iter_detect(
         threshold=threshold_value,
         provenance=provenance,
         lesions=lesions,
+        uncertainty=uncertainty,
     )
 
 
@@ -317,14 +336,15 @@ def parse_threshold(value) -> float | str:
     return number
 
 
-def _resolve_threshold(threshold, config, anomaly, brain_mask) -> tuple[float, str]:
+def _resolve_threshold(threshold, method: Method, anomaly, brain_mask) -> tuple[float, str]:
     if threshold != "auto":
         return float(threshold), "given"
-    calibrated = config.calibration.get("threshold")
+    calibrated = method.calibrated_threshold()
     if calibrated is not None:
         return float(calibrated), "model calibration"
     warnings.warn(
-        f"model {config.name!r} has no calibrated threshold; using the 99th percentile "
+        f"model {method.config.name!r} has no calibrated threshold for {method.name}; using "
+        "the 99th percentile "
         "of this scan's anomaly map (pass a number to choose one)",
         stacklevel=3,
     )

@@ -145,6 +145,15 @@ class DDPMScheduler:
         std = (beta * (1 - abar_prev) / (1 - abar_t)).clamp_min(0).sqrt()
         return mean + std * noise
 
+    def renoise(self, sample: torch.Tensor, from_t: int, to_t: int, noise: torch.Tensor):
+        """Sample q(x_{to_t} | x_{from_t}): forward diffusion from one noise level to a higher
+        one (RePaint's resampling jump; ``from_t = -1`` is the clean image)."""
+        if to_t <= from_t:
+            raise ValueError(f"to_t ({to_t}) must be larger than from_t ({from_t})")
+        self._check_timestep(to_t)
+        ratio = self._alpha_bar(to_t, sample) / self._alpha_bar(from_t, sample)
+        return ratio.sqrt() * sample + (1 - ratio).clamp_min(0).sqrt() * noise
+
     # -- reverse process --------------------------------------------------------------------
     def timesteps(self, num_steps: int, *, start: int | None = None) -> list[int]:
         """Descending timesteps for a strided reverse pass from ``start`` down to 0.

@@ -15,3 +15,5 @@ class ADDM(AnoDDPM):
 
     name = "addm"
     description = "DDPM restoration with an adversarially trained denoiser (ADDM)"
+    model_methods = ("addm",)
+    default_model = "addm"

@@ -12,11 +12,13 @@ import warnings
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..diffusion.noise import make_noise
 from ..diffusion.scheduler import DDPMScheduler
 from .base import Method
+from .filters import median_filter2d
+
+__all__ = ["AnoDDPM", "median_filter2d", "residual_map"]
 
 
 class AnoDDPM(Method):
@@ -38,6 +40,8 @@ class AnoDDPM(Method):
 
     name = "anoddpm"
     description = "DDPM restoration from noise level t (Gaussian: Pinaya; simplex: AnoDDPM)"
+    model_methods = ("anoddpm", "ddpm")
+    default_model = "anoddpm-gaussian"
     defaults: dict[str, Any] = {
         "noise": None,
         "noise_level": 250,
@@ -125,11 +129,3 @@ def residual_map(images, healthy, masks, *, smoothing: int = 0) -> torch.Tensor:
     if smoothing > 1:
         residual = median_filter2d(residual, smoothing) * masks
     return residual
-
-
-def median_filter2d(x: torch.Tensor, size: int) -> torch.Tensor:
-    """Median filter of (B, C, H, W) over H, W with a ``size`` x ``size`` window (reflect pad)."""
-    pad = size // 2
-    padded = F.pad(x, (pad, size - 1 - pad, pad, size - 1 - pad), mode="reflect")
-    patches = padded.unfold(2, size, 1).unfold(3, size, 1)
-    return patches.reshape(*patches.shape[:4], -1).median(dim=-1).values

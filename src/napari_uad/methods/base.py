@@ -59,6 +59,11 @@ class RestoreResult:
     batch_size : int or None
         Slices per network evaluation at the end (smaller than asked after running out of
         memory).
+    uncertainty : (N, H, W) float32 ndarray or None
+        Per-pixel standard deviation of the anomaly map over ``samples`` runs with different
+        seeds (None for a single run); ``healthy`` and ``anomaly`` are then the means.
+    samples : int
+        Number of runs averaged.
     """
 
     healthy: np.ndarray
@@ -67,6 +72,8 @@ class RestoreResult:
     parameters: dict[str, Any]
     intermediates: list[np.ndarray] = field(default_factory=list)
     batch_size: int | None = None
+    uncertainty: np.ndarray | None = None
+    samples: int = 1
 
 
 class Method(ABC):
@@ -82,25 +89,84 @@ class Method(ABC):
     defaults: ClassVar[dict[str, Any]] = {}
     #: Channels of the network's input and output images.
     channels: ClassVar[tuple[int, int]] = (1, 1)
+    #: Model families (``config.method``) this method runs on; the first is its own.
+    model_methods: ClassVar[tuple[str, ...]] = ()
+    #: Name of the shipped model used when none is given.
+    default_model: ClassVar[str | None] = None
+    #: Whether the result depends on the seed (False: ``samples > 1`` only repeats the run).
+    stochastic: ClassVar[bool] = True
 
     def __init__(self, model, config, *, device=None):
         from ..models.checkpoint import CheckpointError
 
-        unet = getattr(config, "unet", None)
-        found = (getattr(unet, "in_channels", 1), getattr(unet, "out_channels", 1))
-        if found != self.channels:
+        found = self.network_channels(config)
+        expected = self.expected_channels(config)
+        if found != expected:
             raise CheckpointError(
                 f"model {config.name!r} maps {found[0]}-channel images to {found[1]} channels; "
-                f"{self.name} needs {self.channels[0]} to {self.channels[1]}"
+                f"{self.name} needs {expected[0]} to {expected[1]}"
             )
         self.model = model
         self.config = config
         self.device = torch.device(device) if device is not None else torch.device("cpu")
 
+    @classmethod
+    def from_checkpoint(cls, folder, *, device="cpu") -> Method:
+        """The method with the model of a checkpoint folder (and the components it needs)."""
+        from ..models.checkpoint import load_checkpoint
+
+        model, config = load_checkpoint(folder, device=device)
+        return cls(model, config, device=device)
+
+    @classmethod
+    def accepts(cls, model_method: str) -> bool:
+        """Whether a model trained for ``model_method`` can run this method."""
+        return model_method in (cls.model_methods or (cls.name,))
+
+    @staticmethod
+    def network_channels(config) -> tuple[int, int]:
+        unet = getattr(config, "unet", None)
+        return (getattr(unet, "in_channels", 1), getattr(unet, "out_channels", 1))
+
+    def expected_channels(self, config) -> tuple[int, int]:
+        """Input and output channels the network must have for this method."""
+        return self.channels
+
+    def model_defaults(self) -> dict[str, Any]:
+        """The model's own defaults for this method.
+
+        A model's flat ``config.defaults`` apply to the method it was trained for; a model
+        shared by several methods (a DDPM serves ``anoddpm``, ``autoddpm`` and ``thor``) keeps
+        the others' under their name, e.g. ``{"noise_level": 25, "thor": {"noise_level": 350}}``.
+        """
+        stored = self.config.defaults or {}
+        own = self.config.method == self.name or (
+            self.config.method in ("ddpm",) and self.name == "anoddpm"
+        )
+        params = {k: v for k, v in stored.items() if own and k in self.defaults}
+        nested = stored.get(self.name)
+        if isinstance(nested, dict):
+            params.update({k: v for k, v in nested.items() if k in self.defaults})
+        return params
+
+    def calibrated_threshold(self) -> float | None:
+        """The model's healthy threshold for this method's maps (None when not calibrated)."""
+        calibration = self.config.calibration or {}
+        per_method = calibration.get("methods", {})
+        if isinstance(per_method, dict) and isinstance(per_method.get(self.name), dict):
+            value = per_method[self.name].get("threshold")
+            return None if value is None else float(value)
+        if self.config.method == self.name or (
+            self.name == "anoddpm" and self.config.method == "ddpm"
+        ):
+            value = calibration.get("threshold")
+            return None if value is None else float(value)
+        return None
+
     def resolve_parameters(self, **overrides) -> dict[str, Any]:
         """Class defaults, updated by the model's defaults, then by non-None ``overrides``."""
         params = dict(self.defaults)
-        params.update({k: v for k, v in self.config.defaults.items() if k in self.defaults})
+        params.update(self.model_defaults())
         unknown = set(overrides) - set(self.defaults)
         if unknown:
             raise ValueError(
@@ -140,6 +206,7 @@ class Method(ABC):
         slice_ids: Sequence[int] | None = None,
         should_stop: StopCallback | None = None,
         keep_intermediates: bool = False,
+        samples: int = 1,
         **params,
     ) -> Generator[Progress, None, RestoreResult]:
         """Like :meth:`restore`, as a generator: yields a :class:`Progress` after every network
@@ -161,7 +228,12 @@ class Method(ABC):
             Checked after every network evaluation; returning True raises :class:`Cancelled`,
             so work stops within one denoising step. Closing the generator stops it too.
         keep_intermediates : bool
-            Keep the clean-image estimate after each step (memory grows with the steps).
+            Keep the clean-image estimate after each step (memory grows with the steps); of
+            the first run when ``samples > 1``.
+        samples : int
+            Runs with seeds ``seed, seed + 1, ...``; the result holds the mean maps and the
+            per-pixel standard deviation of the anomaly map (``uncertainty``). NFE and time
+            grow ``samples`` times. The first run is the single-run result of ``seed``.
         **params
             Method parameters; see ``defaults``.
         """
@@ -176,12 +248,77 @@ class Method(ABC):
             )
         if batch_size < 1:
             raise ValueError("batch_size must be >= 1")
+        samples = int(samples)
+        if samples < 1:
+            raise ValueError(f"samples must be >= 1, got {samples}")
         params = self.resolve_parameters(**params)
         slice_ids = list(range(len(images))) if slice_ids is None else list(slice_ids)
         steps_per_batch = self.evaluations_per_slice(params)
-        total = steps_per_batch * -(-len(images) // batch_size)
-        done = 0
+        counter = {"done": 0, "batch_size": batch_size}
 
+        healthy_sum = np.zeros(images.shape, dtype=np.float64)
+        anomaly_sum = np.zeros(images.shape, dtype=np.float64)
+        anomaly_squares = np.zeros(images.shape, dtype=np.float64) if samples > 1 else None
+        intermediates: list[np.ndarray] = []
+        for sample in range(samples):
+            healthy, anomaly, estimates = yield from self._run_once(
+                images,
+                brain_masks,
+                params,
+                seed=int(seed) + sample,
+                slice_ids=slice_ids,
+                counter=counter,
+                steps_per_batch=steps_per_batch,
+                remaining_samples=samples - sample,
+                should_stop=should_stop,
+                keep_intermediates=keep_intermediates and sample == 0,
+            )
+            healthy_sum += healthy
+            anomaly_sum += anomaly
+            if anomaly_squares is not None:
+                anomaly_squares += anomaly.astype(np.float64) ** 2
+            if sample == 0:
+                intermediates = estimates
+        anomaly = anomaly_sum / samples
+        anomaly[~brain_masks] = 0.0
+        uncertainty = None
+        if anomaly_squares is not None:
+            variance = np.clip(anomaly_squares / samples - anomaly**2, 0, None)
+            uncertainty = (np.sqrt(variance) * brain_masks).astype(np.float32)
+        return RestoreResult(
+            healthy=(healthy_sum / samples).astype(np.float32),
+            anomaly=anomaly.astype(np.float32),
+            nfe=self.network_evaluations(params) * samples,
+            parameters=params,
+            intermediates=intermediates,
+            batch_size=counter["batch_size"],
+            uncertainty=uncertainty,
+            samples=samples,
+        )
+
+    def _run_once(
+        self,
+        images,
+        brain_masks,
+        params,
+        *,
+        seed,
+        slice_ids,
+        counter,
+        steps_per_batch,
+        remaining_samples,
+        should_stop,
+        keep_intermediates,
+    ):
+        """One pass over all slices with one seed; yields progress, returns the arrays."""
+        batch_size = counter["batch_size"]
+
+        def planned_total(start):
+            this_run = steps_per_batch * -(-(len(images) - start) // batch_size)
+            later = steps_per_batch * -(-len(images) // batch_size) * (remaining_samples - 1)
+            return counter["done"] + this_run + later
+
+        total = planned_total(0)
         healthy = np.zeros_like(images)
         anomaly = np.zeros_like(images)
         intermediates: list[list[np.ndarray]] = []
@@ -206,8 +343,8 @@ class Method(ABC):
                         preview = estimate[:, 0].float().clamp(0, 1).cpu().numpy()
                     if keep_intermediates:
                         estimates.append(preview)
-                    done += 1
-                    yield Progress(done, total, preview=preview, slice_ids=batch_ids)
+                    counter["done"] += 1
+                    yield Progress(counter["done"], total, preview=preview, slice_ids=batch_ids)
                     if should_stop is not None and should_stop():
                         raise Cancelled("cancelled by the user")
             except Exception as error:
@@ -216,33 +353,30 @@ class Method(ABC):
                 # Out of memory: free what the batch held, retry it with half the slices.
                 batch = mask = generators = steps = None
                 _empty_cache(self.device)
-                batch_size = max(1, batch_size // 2)
+                batch_size = counter["batch_size"] = max(1, batch_size // 2)
                 warnings.warn(
                     f"out of memory on {self.device}: retrying with batch size {batch_size}",
-                    stacklevel=2,
+                    stacklevel=3,
                 )
-                total = done + steps_per_batch * -(-(len(images) - start) // batch_size)
+                total = planned_total(start)
                 continue
             healthy[start:stop] = out_healthy[:, 0].float().cpu().numpy()
             anomaly[start:stop] = out_anomaly[:, 0].float().cpu().numpy()
             intermediates.append(estimates)
             start = stop
-        anomaly[~brain_masks] = 0.0
         stacked = []
         if keep_intermediates:
             stacked = [np.concatenate(parts) for parts in zip(*intermediates, strict=True)]
-        return RestoreResult(
-            healthy=healthy,
-            anomaly=anomaly.astype(np.float32),
-            nfe=steps_per_batch,
-            parameters=params,
-            intermediates=stacked,
-            batch_size=batch_size,
-        )
+        return healthy, anomaly, stacked
 
     @abstractmethod
     def evaluations_per_slice(self, params: dict[str, Any]) -> int:
-        """Network evaluations (NFE) one slice needs with these parameters."""
+        """Progress steps of one batch: how many times :meth:`_restore_batch` yields."""
+
+    def network_evaluations(self, params: dict[str, Any]) -> int:
+        """Network evaluations (NFE) one slice needs with these parameters (reported as NFE;
+        the same as :meth:`evaluations_per_slice` unless a step evaluates several patches)."""
+        return self.evaluations_per_slice(params)
 
     @abstractmethod
     def _restore_batch(self, images, masks, params, generators):

@@ -125,11 +125,20 @@ def list_models(method: str | None = None) -> list[ModelInfo]:
 
 
 def default_model_name(method: str, *, noise: str | None = None) -> str:
-    """Name of the shipped model for a method (and noise type, for ``anoddpm``).
+    """Name of the shipped model for a method (and noise type, for the DDPM-based methods).
 
     Without a noise type ``anoddpm`` uses the Gaussian model, the better of the two shipped
-    ones on the benchmark (docs/benchmarks.md).
+    ones on the benchmark (docs/benchmarks.md); ``autoddpm`` and ``thor`` run on the same
+    DDPMs.
     """
     if method == "anoddpm":
         return f"anoddpm-{noise or 'gaussian'}"
-    return method
+    from ..methods import get_method_class
+
+    try:
+        shipped = get_method_class(method).default_model
+    except ValueError:
+        shipped = None
+    if shipped == "anoddpm-gaussian" and noise == "simplex":
+        return "anoddpm-simplex"
+    return shipped or method

@@ -205,6 +205,25 @@ class UNet(nn.Module):
             h = _run(module, h, emb)
         return self.head(h)
 
+    def encoder_features(self, x: torch.Tensor, t: torch.Tensor) -> list[torch.Tensor]:
+        """Feature maps of the downsampling path at every resolution level.
+
+        The last feature map of each level (stem, then after each level's blocks), finest
+        first; a learned multi-scale description of the image that the perceptual distance of
+        :mod:`napari_uad.methods.perceptual` compares.
+        """
+        if t.ndim == 0:
+            t = t.expand(x.shape[0])
+        emb = self.time_mlp(timestep_embedding(t, self.config.base_channels))
+        h = self.stem(x)
+        features = []
+        for module in self.down:
+            if not isinstance(module, nn.ModuleList):  # a downsampling conv ends a level
+                features.append(h)
+            h = _run(module, h, emb)
+        features.append(h)
+        return features
+
 
 def _run(module: nn.Module, h: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
     if isinstance(module, nn.ModuleList):

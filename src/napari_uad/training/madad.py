@@ -100,6 +100,9 @@ class MADADTrainer(Trainer):
     def components(self):
         return {"vae": self.networks["vae"]}
 
+    def _method_components(self):
+        return {"vae": self.ema.get("vae", self.networks["vae"])}
+
     def stage(self, step):
         vae_steps = min(self.options["vae_steps"], self.settings.steps - 1)
         if step < vae_steps:
