@@ -159,9 +159,7 @@ def test_autoddpm_resampling_rounds_cost_network_evaluations(methods):
 
 
 # -- THOR -------------------------------------------------------------------------------------
-def test_thor_harmonisation_keeps_healthy_tissue_closer_to_the_input(
-    methods, phantom_test_slices
-):
+def test_thor_harmonisation_keeps_healthy_tissue_closer_to_the_input(methods, phantom_test_slices):
     data = phantom_test_slices
     method = methods["thor"]
     guided = method.restore(data["images"], data["masks"], seed=1)
@@ -263,7 +261,9 @@ def test_madad_updates_only_the_positions_the_mask_head_flags(tiny_madad_dir):
 def test_masked_ddim_step_is_plain_ddim_inside_and_identity_outside():
     from napari_uad.diffusion.scheduler import DDPMScheduler
 
-    scheduler = DDPMScheduler(10, beta_schedule="cosine", prediction_type="sample", clip_sample=None)
+    scheduler = DDPMScheduler(
+        10, beta_schedule="cosine", prediction_type="sample", clip_sample=None
+    )
     latent, predicted = torch.randn(1, 4, 4, 4), torch.randn(1, 4, 4, 4)
     update = torch.zeros(1, 1, 4, 4, dtype=torch.bool)
     update[..., 0, 0] = True

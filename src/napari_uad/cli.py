@@ -362,8 +362,8 @@ def _output_paths(out: Path, stem: str, *, uncertainty: bool = False) -> dict[st
 def _compare(args) -> int:
     from tqdm.auto import tqdm
 
-    from .compare import best_truth_slice, iter_compare, parse_methods, table_text, write_table
-    from .figures import comparison_figure
+    from .compare import iter_compare, parse_methods, table_text, write_table
+    from .figures import methods_figure
     from .io import nifti_stem, read_mask, read_scan, write_nifti
     from .io.atomic import atomic_write_text
     from .methods.base import run_to_completion
@@ -434,30 +434,25 @@ def _compare(args) -> int:
             bar.close()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = comparison.rows()
-    slice_index = args.slice
-    if slice_index is None and truth is not None and truth.any():
-        slice_index = best_truth_slice(truth, scan.affine)
-    written = []
     try:
         for run in comparison.runs:
-            written.append(write_nifti(outputs[run.method], run.detection.anomaly, like=scan))
-        written.append(
-            comparison_figure(
-                scan,
-                [(run.label, run.detection) for run in comparison.runs],
-                outputs["figure"],
-                truth=truth,
-                slice_index=slice_index,
-                dpi=args.dpi,
-                title=f"{stem}: {len(methods)} methods, axial slice {{slice}}",
-            )
+            write_nifti(outputs[run.method], run.detection.anomaly, like=scan)
+        methods_figure(
+            scan,
+            [(run.label, run.detection) for run in comparison.runs],
+            outputs["figure"],
+            truth=truth,
+            metrics=[run.metrics for run in comparison.runs],
+            slice_index=args.slice,
+            dpi=args.dpi,
+            title=f"{stem}: {len(methods)} methods, axial slice {{slice}}",
         )
-        written.append(write_table(rows, outputs["table"]))
+        write_table(rows, outputs["table"])
         details = [
             {**row, "provenance": run.detection.provenance}
             for row, run in zip(rows, comparison.runs, strict=True)
         ]
-        written.append(atomic_write_text(outputs["json"], json.dumps(details, indent=2) + "\n"))
+        atomic_write_text(outputs["json"], json.dumps(details, indent=2) + "\n")
     except BaseException:
         for path in outputs.values():
             path.unlink(missing_ok=True)

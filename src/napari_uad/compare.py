@@ -200,14 +200,6 @@ def write_table(rows: list[dict[str, Any]], path) -> Path:
     return atomic_write_text(path, buffer.getvalue())
 
 
-def best_truth_slice(truth: np.ndarray, affine) -> int:
-    """Axial display slice with the most truth voxels (for the comparison figure)."""
-    from .display import to_display
-
-    shown, _ = to_display(np.asarray(truth) > 0, affine)
-    return int(np.argmax(shown.reshape(len(shown), -1).sum(axis=1)))
-
-
 def _fmt(value) -> str:
     if value is None:
         return "-"

@@ -222,3 +222,127 @@ def view_figure(
         path, lambda temp: figure.savefig(temp, dpi=dpi, format=path.suffix[1:]), suffix=path.suffix
     )
     return path
+
+
+def methods_figure(
+    scan,
+    detections,
+    path,
+    *,
+    truth: np.ndarray | None = None,
+    metrics: list[dict | None] | None = None,
+    slice_index: int | None = None,
+    scale_bar_mm: float = 20.0,
+    dpi: int = 150,
+    title: str | None = None,
+) -> Path:
+    """Methods side by side on one slice: a column per method, rows pseudo-healthy, heatmap
+    and lesion mask; the first column shows the scan (and the truth outline).
+
+    Parameters
+    ----------
+    scan : Scan
+    detections : sequence of (label, Detection)
+        One column each; each heatmap has its own colour bar (methods score on different
+        scales).
+    path : path
+        ``.png``, ``.svg`` or ``.pdf``; written atomically.
+    truth : (X, Y, Z) ndarray, optional
+        Lesion truth, outlined in green on the scan and on every mask.
+    metrics : list of dict or None, optional
+        Per detection, ``auroc``/``ap``/``best_dice`` shown under its column title.
+    slice_index : int, optional
+        Axial display slice; by default the one with the most truth voxels, else the largest
+        anomaly mass of the first detection.
+    scale_bar_mm, dpi, title
+        As in :func:`comparison_figure`.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
+
+    path = Path(path)
+    if path.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise ValueError(f"figure format {path.suffix!r} not supported: use .png, .svg or .pdf")
+    detections = list(detections)
+    if not detections:
+        raise ValueError("no detection to draw")
+    metrics = list(metrics) if metrics is not None else [None] * len(detections)
+    image, scale = to_display(scan.data, scan.affine)
+    truth_display = to_display(np.asarray(truth) > 0, scan.affine)[0] if truth is not None else None
+    if slice_index is None:
+        source = truth_display if truth_display is not None and truth_display.any() else None
+        if source is None:
+            source = to_display(detections[0][1].anomaly, scan.affine)[0]
+        slice_index = int(np.argmax(source.reshape(len(source), -1).sum(axis=1)))
+    aspect = scale[1] / scale[2]
+    plane = image[slice_index]
+    brain = plane > 0
+    low, high = np.percentile(plane[brain], [0.5, 99.5]) if brain.any() else (0, 1)
+    outline = truth_display[slice_index] if truth_display is not None else None
+    has_outline = outline is not None and outline.any()
+
+    columns = len(detections) + 1
+    figure = Figure(figsize=(2.6 * columns + 0.6, 8.2), layout="constrained")
+    axes = figure.subplots(3, columns, squeeze=False)
+
+    def show(ax, data, **style):
+        ax.imshow(data, aspect=aspect, interpolation="nearest", **style)
+        ax.set_axis_off()
+
+    for ax in axes[:, 0]:
+        show(ax, plane, cmap="gray", vmin=low, vmax=high)
+    axes[0, 0].set_title("Scan", fontsize=9)
+    axes[1, 0].set_title("Scan + truth (green)" if has_outline else "Scan", fontsize=9)
+    axes[2, 0].set_visible(False)
+    if has_outline:
+        axes[1, 0].contour(outline, levels=[0.5], colors="lime", linewidths=1.0)
+    for column, ((label, detection), scores) in enumerate(
+        zip(detections, metrics, strict=True), start=1
+    ):
+        healthy = to_display(detection.healthy, scan.affine)[0][slice_index]
+        anomaly = to_display(detection.anomaly, scan.affine)[0]
+        mask = to_display(detection.lesion_mask, scan.affine)[0][slice_index]
+        positive = anomaly[anomaly > 0]
+        vmax = max(float(np.percentile(positive, 99.5)) if positive.size else 1.0, 1e-6)
+        heading = label
+        if scores:
+            heading += "\n" + ", ".join(
+                f"{name} {scores[key]:.2f}"
+                for key, name in (("auroc", "AUROC"), ("ap", "AP"), ("best_dice", "Dice"))
+                if key in scores
+            )
+        axes[0, column].set_title(f"{heading}\npseudo-healthy", fontsize=8)
+        show(axes[0, column], healthy, cmap="gray", vmin=low, vmax=high)
+        show(axes[1, column], plane, cmap="gray", vmin=low, vmax=high)
+        heat = np.ma.masked_less_equal(anomaly[slice_index], 0)
+        shown = axes[1, column].imshow(
+            heat, cmap="hot", vmin=0, vmax=vmax, alpha=0.85, aspect=aspect, interpolation="nearest"
+        )
+        axes[1, column].set_title("anomaly map", fontsize=8)
+        figure.colorbar(shown, ax=axes[1, column], fraction=0.046, pad=0.02, shrink=0.8)
+        show(axes[2, column], plane, cmap="gray", vmin=low, vmax=high)
+        axes[2, column].imshow(
+            np.ma.masked_equal(mask, 0),
+            cmap="autumn",
+            alpha=0.7,
+            aspect=aspect,
+            interpolation="nearest",
+        )
+        if has_outline:
+            axes[2, column].contour(outline, levels=[0.5], colors="lime", linewidths=1.0)
+        axes[2, column].set_title(f"lesions (threshold {detection.threshold:.3g})", fontsize=8)
+    if scale_bar_mm > 0:
+        pixels = scale_bar_mm / scale[2]
+        height, width = plane.shape
+        corner = axes[0, 0]
+        corner.plot([width * 0.05, width * 0.05 + pixels], [height * 0.94] * 2, color="white", lw=3)
+        corner.text(width * 0.05, height * 0.90, f"{scale_bar_mm:g} mm", color="white", fontsize=8)
+    figure.suptitle((title or "axial slice {slice}").format(slice=slice_index), fontsize=10)
+    atomic_write(
+        path, lambda temp: figure.savefig(temp, dpi=dpi, format=path.suffix[1:]), suffix=path.suffix
+    )
+    plt.close("all")
+    return path
