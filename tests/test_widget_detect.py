@@ -72,15 +72,23 @@ def test_detect_kwargs_without_qt():
 
 
 def test_methods_listed_and_unavailable_ones_greyed(make_napari_viewer, models_dir):
+    from napari_uad.methods import get_method_class
+    from napari_uad.models.registry import list_models
+
     availability = dict(method_availability())
-    assert availability["anoddpm"] is None
-    for name in ("addm", "autoddpm", "disyre", "madad", "thor"):
-        assert availability[name]
+    installed = list_models()
+    for name in ("anoddpm", "addm", "autoddpm", "disyre", "madad", "thor"):
+        usable = any(get_method_class(name).accepts(info.method) for info in installed)
+        assert (availability[name] is None) == usable, name
+        if not usable:
+            assert "no model installed" in availability[name]
+    # The DDPM-based methods run on the shipped DDPMs.
+    assert availability["anoddpm"] is None and availability["thor"] is None
+    assert availability["autoddpm"] is None
     widget = DetectWidget(make_napari_viewer())
     listed = [widget.method_combo.itemData(i, 256) for i in range(widget.method_combo.count())]
     assert set(listed) >= {"anoddpm", "addm", "autoddpm", "disyre", "madad", "thor"}
     assert widget.method_reason("anoddpm") is None
-    assert "not implemented" in widget.method_reason("thor")
     models = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())]
     assert "tiny" in models and "anoddpm-gaussian (default)" in models
     assert widget.model_combo.currentText() == "anoddpm-gaussian (default)"
@@ -90,6 +98,10 @@ def test_methods_listed_and_unavailable_ones_greyed(make_napari_viewer, models_d
     assert (widget.noise_level_spin.value(), widget.steps_spin.value()) == (100, 5)
     devices = [widget.device_combo.itemText(i) for i in range(widget.device_combo.count())]
     assert devices[0].startswith("auto (") and "cpu" in devices
+    # THOR on the same model shows THOR's own defaults for it, not AnoDDPM's.
+    widget.set_params(method="thor")
+    widget.set_params(model="tiny")
+    assert (widget.noise_level_spin.value(), widget.steps_spin.value()) == (150, 6)
 
 
 def test_full_run_adds_three_aligned_layers(viewer_with_sample, models_dir, qtbot):
@@ -281,3 +293,38 @@ def test_closing_the_widget_stops_its_worker(viewer_with_sample, models_dir, qtb
     with qtbot.waitSignal(worker.finished, timeout=10_000):
         widget.deleteLater()
     assert worker.abort_requested
+
+
+@pytest.fixture
+def method_models_dir(models_dir, tiny_models):
+    """The user models folder with a tiny model of every family."""
+    for method in ("disyre", "madad"):
+        shutil.copytree(tiny_models[method], models_dir / f"tiny-{method}")
+    return models_dir
+
+
+@pytest.mark.parametrize(
+    ("method", "model", "samples"), [("thor", "tiny", 2), ("disyre", "tiny-disyre", 1)]
+)
+def test_other_methods_run_from_the_widget(
+    viewer_with_sample, method_models_dir, qtbot, method, model, samples
+):
+    viewer = viewer_with_sample
+    widget = DetectWidget(viewer)
+    assert widget.method_reason(method) is None
+    widget.set_params(method=method)
+    widget.set_params(model=model, device="cpu", scope="slice", samples=samples)
+    viewer.dims.set_current_step(0, 12)
+    run_and_wait(qtbot, widget)
+    assert widget.state is State.DONE, widget.status_label.text()
+    names = result_names(viewer)
+    assert all(name.split(" · ")[1].startswith(method) for name in names)
+    anomaly = viewer.layers[next(n for n in names if n.startswith("anomaly"))]
+    assert anomaly.metadata["napari_uad"]["provenance"]["method"] == method
+    assert anomaly.data[12].max() > 0
+    uncertainty = [n for n in names if n.startswith("uncertainty")]
+    assert len(uncertainty) == (1 if samples > 1 else 0)
+    if uncertainty:
+        layer = viewer.layers[uncertainty[0]]
+        assert layer.data.shape == anomaly.data.shape and layer.data[12].max() > 0
+        assert "2 seeds" in layer.name

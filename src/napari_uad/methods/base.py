@@ -133,21 +133,29 @@ class Method(ABC):
         return self.channels
 
     def model_defaults(self) -> dict[str, Any]:
-        """The model's own defaults for this method.
+        """The model's own defaults for this method (see :meth:`defaults_for_config`)."""
+        return self.model_defaults_of(self.config)
+
+    @classmethod
+    def model_defaults_of(cls, config) -> dict[str, Any]:
+        """A model's own defaults for this method.
 
         A model's flat ``config.defaults`` apply to the method it was trained for; a model
         shared by several methods (a DDPM serves ``anoddpm``, ``autoddpm`` and ``thor``) keeps
         the others' under their name, e.g. ``{"noise_level": 25, "thor": {"noise_level": 350}}``.
         """
-        stored = self.config.defaults or {}
-        own = self.config.method == self.name or (
-            self.config.method in ("ddpm",) and self.name == "anoddpm"
-        )
-        params = {k: v for k, v in stored.items() if own and k in self.defaults}
-        nested = stored.get(self.name)
+        stored = config.defaults or {}
+        own = config.method == cls.name or (config.method == "ddpm" and cls.name == "anoddpm")
+        params = {k: v for k, v in stored.items() if own and k in cls.defaults}
+        nested = stored.get(cls.name)
         if isinstance(nested, dict):
-            params.update({k: v for k, v in nested.items() if k in self.defaults})
+            params.update({k: v for k, v in nested.items() if k in cls.defaults})
         return params
+
+    @classmethod
+    def defaults_for_config(cls, config) -> dict[str, Any]:
+        """Class defaults updated by a model's own defaults (what a run uses unless told)."""
+        return {**cls.defaults, **cls.model_defaults_of(config)}
 
     def calibrated_threshold(self) -> float | None:
         """The model's healthy threshold for this method's maps (None when not calibrated)."""

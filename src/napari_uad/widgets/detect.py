@@ -60,7 +60,8 @@ class DetectParams:
     """What the user chose in the Detect widget (plain data, no Qt).
 
     ``scope`` is ``"volume"`` or ``"slice"``; with ``"slice"``, ``slice_index`` is the axial
-    display slice (which is also the RAS+ slice index the pipeline takes).
+    display slice (which is also the RAS+ slice index the pipeline takes). ``samples > 1`` runs
+    that many seeds and adds an uncertainty layer (the per-voxel standard deviation).
     """
 
     method: str = "anoddpm"
@@ -72,6 +73,7 @@ class DetectParams:
     slice_index: int | None = None
     device: str = "auto"
     seed: int = 0
+    samples: int = 1
     extra: dict = field(default_factory=dict)
 
 
@@ -95,6 +97,10 @@ def detect_kwargs(params: DetectParams) -> dict:
         value = getattr(params, name)
         if value is not None:
             kwargs[name] = value
+    if params.samples != 1:
+        if int(params.samples) < 1:
+            raise ValueError("samples must be >= 1")
+        kwargs["samples"] = int(params.samples)
     if params.scope == "slice":
         if params.slice_index is None:
             raise ValueError("no current slice: open a 3-D scan first")
@@ -120,6 +126,8 @@ def result_suffix(params: DetectParams, *, default_model: str | None = None) -> 
     text = " ".join(parts)
     if params.steps is not None:
         text += f", {params.steps} steps"
+    if params.samples > 1:
+        text += f", {params.samples} seeds"
     if params.scope == "slice" and params.slice_index is not None:
         text += f", slice {params.slice_index}"
     return text
@@ -153,8 +161,10 @@ def method_availability() -> list[tuple[str, str | None]]:
 
 
 def _models_for(method: str, models) -> list:
-    accepted = {method, "ddpm"} if method == "anoddpm" else {method}
-    return [info for info in models if info.method in accepted]
+    from ..methods import get_method_class
+
+    method_class = get_method_class(method)
+    return [info for info in models if method_class.accepts(info.method)]
 
 
 def model_description(info, *, full: bool = False) -> str:
@@ -204,6 +214,7 @@ class DetectOutcome:
     healthy: np.ndarray
     anomaly: np.ndarray
     labels: np.ndarray
+    uncertainty: np.ndarray | None = None
 
     @classmethod
     def from_detection(cls, detection, affine) -> DetectOutcome:
@@ -217,6 +228,9 @@ class DetectOutcome:
             healthy=shown(detection.healthy),
             anomaly=shown(detection.anomaly),
             labels=label_lesions(shown(detection.lesion_mask))[0],
+            uncertainty=(
+                shown(detection.uncertainty) if detection.uncertainty is not None else None
+            ),
         )
 
 
@@ -336,6 +350,12 @@ class DetectWidget(QWidget):
         self.device_combo = QComboBox()
         self.seed_spin = QSpinBox()
         self.seed_spin.setRange(0, 2**31 - 1)
+        self.samples_spin = QSpinBox()
+        self.samples_spin.setRange(1, 32)
+        self.samples_spin.setToolTip(
+            "Runs with seeds seed, seed + 1, ...: the anomaly map is their mean, and an "
+            "uncertainty layer shows their per-voxel standard deviation (time grows with it)"
+        )
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
@@ -356,6 +376,7 @@ class DetectWidget(QWidget):
         form.addRow("Scope", self.scope_combo)
         form.addRow("Device", self.device_combo)
         form.addRow("Seed", self.seed_spin)
+        form.addRow("Samples", self.samples_spin)
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.cancel_button)
@@ -476,13 +497,14 @@ class DetectWidget(QWidget):
         self.model_label.setToolTip(model_description(info, full=True))
         try:
             config = load_config(info.path)
-            method = "anoddpm" if info.method == "ddpm" else info.method
-            defaults = dict(get_method_class(method).defaults)
+            method = self.method_combo.currentData(Qt.ItemDataRole.UserRole)
+            method_class = get_method_class(method)
+            defaults = method_class.defaults_for_config(config)
         except Exception as error:
             self.model_label.setText(f"unreadable model: {error_text(error)}")
             self.run_button.setEnabled(False)
             return
-        defaults.update(config.defaults)
+        self.method_combo.setToolTip(method_class.description)
         self.noise_combo.clear()
         if "noise" in defaults:
             trained = config.diffusion.noise
@@ -537,6 +559,7 @@ class DetectWidget(QWidget):
             slice_index=slice_index,
             device=self.device_combo.currentData(Qt.ItemDataRole.UserRole),
             seed=self.seed_spin.value(),
+            samples=self.samples_spin.value(),
         )
 
     def _current_slice(self) -> int | None:
@@ -761,6 +784,8 @@ class DetectWidget(QWidget):
             "anomaly": f"anomaly · {suffix}",
             "mask": f"lesions · {suffix}",
         }
+        if outcome.uncertainty is not None:
+            names["uncertainty"] = f"uncertainty · {suffix}"
         self.last_result_layers = list(names.values())
         self._result_detection = result
         calibrated = result.provenance["parameters"].get("threshold_source") == "model calibration"
@@ -798,6 +823,11 @@ class DetectWidget(QWidget):
             ),
             ("mask", "labels", outcome.labels, {"opacity": 0.7}),
         ]
+        if outcome.uncertainty is not None:
+            spread = outcome.uncertainty[outcome.uncertainty > 0]
+            top = float(np.percentile(spread, 99.5)) if spread.size else 1.0
+            style = {"colormap": "viridis", "visible": False, "contrast_limits": (0.0, top)}
+            specs.append(("uncertainty", "image", outcome.uncertainty, style))
 
         def step(role, kind, data, style):
             style = {k: v for k, v in style.items() if v is not None}
@@ -826,7 +856,7 @@ class DetectWidget(QWidget):
         """Set widget fields from keyword values (used by the demo, scripts and tests).
 
         Accepts ``method``, ``model`` (name or path), ``noise``, ``noise_level``, ``steps``,
-        ``scope`` (``"volume"``/``"slice"``), ``device``, ``seed``, ``layer``.
+        ``scope`` (``"volume"``/``"slice"``), ``device``, ``seed``, ``samples``, ``layer``.
         """
         if "layer" in values:
             self.layer_combo.setCurrentText(values.pop("layer"))
@@ -845,6 +875,7 @@ class DetectWidget(QWidget):
                 self.device_combo.findData(v, Qt.ItemDataRole.UserRole)
             ),
             "seed": self.seed_spin.setValue,
+            "samples": self.samples_spin.setValue,
         }
         for key, value in values.items():
             if key not in simple:
