@@ -67,12 +67,12 @@ def _demo_napari(*, device: str) -> int:
 
 WIDGETS = ("Detect anomalies", "Threshold", "Figure")
 #: Docked as tabs behind Figure: used less often during a reading.
-TABBED_WIDGETS = ("Load scan", "Case browser", "Train")
+TABBED_WIDGETS = ("Compare methods", "Load scan", "Case browser", "Train")
 
 
 def dock_widgets(viewer) -> dict:
     """Dock the napari-uad widgets on the right of ``viewer``: Detect, Threshold, and Figure
-    with Load scan, Case browser and Train as tabs beside it.
+    with Compare methods, Load scan, Case browser and Train as tabs beside it.
 
     Returns
     -------
