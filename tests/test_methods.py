@@ -145,8 +145,10 @@ def test_autoddpm_stages_on_their_own():
     stitched = autoddpm_module.stitch(images, reconstruction, binary)
     assert torch.equal(stitched[binary], reconstruction[binary])
     assert torch.equal(stitched[~binary], images[~binary])
-    automatic = autoddpm_module.binary_mask(torch.rand(2, 1, 16, 16), masks, percentile=75)
-    assert 0.25 < automatic.float().mean() < 0.9  # top quarter, dilated
+    ramp = torch.arange(2 * 256, dtype=torch.float32).reshape(2, 1, 16, 16)
+    automatic = autoddpm_module.binary_mask(ramp, masks, percentile=75, dilation=1)
+    assert automatic.float().mean() == pytest.approx(0.25, abs=0.01)  # each slice's top quarter
+    assert automatic[:, :, 12:].all() and not automatic[:, :, :12].any()
 
 
 def test_autoddpm_resampling_rounds_cost_network_evaluations(methods):
@@ -303,3 +305,32 @@ def test_samples_of_a_deterministic_method_have_no_spread(methods, phantom_test_
     data = phantom_test_slices
     result = methods["disyre"].restore(data["images"][:2], data["masks"][:2], samples=2)
     assert result.uncertainty.max() == 0
+
+
+def test_a_shared_model_stores_and_uses_a_calibration_per_method(
+    tiny_model_dir, tmp_path, phantom_train_slices, phantom_scan_files
+):
+    import shutil
+
+    from napari_uad.io import read_mask, read_scan
+    from napari_uad.models.checkpoint import load_config, save_checkpoint
+    from napari_uad.pipeline import detect
+    from napari_uad.training.calibrate import calibrate_method, store_calibration
+
+    folder = tmp_path / "shared"
+    shutil.copytree(tiny_model_dir, folder)
+    thor = get_method_class("thor").from_checkpoint(folder)
+    healthy = phantom_train_slices
+    entry = calibrate_method(thor, healthy["images"][:8], healthy["masks"][:8])
+    model, config = load_checkpoint(folder)
+    store_calibration(config, "thor", entry)
+    store_calibration(config, "anoddpm", {"threshold": 0.3})
+    save_checkpoint(folder, model, config)
+    stored = load_config(folder).calibration
+    assert stored["threshold"] == 0.3 and stored["methods"]["thor"]["threshold"] > 0
+    assert stored["methods"]["thor"]["parameters"]["harmonise_at"] == [125, 50]
+    scan = read_scan(phantom_scan_files["scan"])
+    brain = read_mask(phantom_scan_files["mask"], like=scan)
+    result = detect(scan, method="thor", model=folder, brain_mask=brain, device="cpu")
+    assert result.provenance["parameters"]["threshold_source"] == "model calibration"
+    assert result.threshold == pytest.approx(entry["threshold"])
