@@ -28,7 +28,14 @@ def card(folder: Path) -> str:
             f"coarsest level; {size_mb:.1f} MB (float16)",
         ),
         ("grid", f"{config['grid']} x {config['grid']}"),
-        ("defaults", ", ".join(f"{k} = {v}" for k, v in config.get("defaults", {}).items())),
+        (
+            "defaults",
+            ", ".join(
+                f"{k} = {v}"
+                for k, v in config.get("defaults", {}).items()
+                if not isinstance(v, dict)
+            ),
+        ),
         (
             "calibrated threshold",
             f"{calibration.get('threshold')} "
@@ -36,6 +43,19 @@ def card(folder: Path) -> str:
             f"{calibration.get('data', 'healthy data')})",
         ),
     ]
+    for method, values in config.get("defaults", {}).items():
+        if isinstance(values, dict):
+            rows.append(
+                (f"defaults for `{method}`", ", ".join(f"{k} = {v}" for k, v in values.items()))
+            )
+    for method, entry in calibration.get("methods", {}).items():
+        rows.append(
+            (
+                f"calibrated threshold for `{method}`",
+                f"{entry.get('threshold')} ({entry.get('percentile')}th percentile, same data; "
+                "`scripts/calibrate_methods.py`)",
+            )
+        )
     rows += [(f"training: {k}", v) for k, v in training.items()]
     lines = [f"## `{config['name']}`", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in rows]
