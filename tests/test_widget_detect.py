@@ -304,7 +304,8 @@ def method_models_dir(models_dir, tiny_models):
 
 
 @pytest.mark.parametrize(
-    ("method", "model", "samples"), [("thor", "tiny", 2), ("disyre", "tiny-disyre", 1)]
+    ("method", "model", "samples"),
+    [("thor", "tiny", 2), ("disyre", "tiny-disyre", 1), ("madad", "tiny-madad", 1)],
 )
 def test_other_methods_run_from_the_widget(
     viewer_with_sample, method_models_dir, qtbot, method, model, samples

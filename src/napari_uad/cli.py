@@ -362,7 +362,7 @@ def _output_paths(out: Path, stem: str, *, uncertainty: bool = False) -> dict[st
 def _compare(args) -> int:
     from tqdm.auto import tqdm
 
-    from .compare import iter_compare, parse_methods, table_text, write_table
+    from .compare import TABLE_COLUMNS, iter_compare, parse_methods, write_table
     from .figures import methods_figure
     from .io import nifti_stem, read_mask, read_scan, write_nifti
     from .io.atomic import atomic_write_text
@@ -457,7 +457,7 @@ def _compare(args) -> int:
         for path in outputs.values():
             path.unlink(missing_ok=True)
         raise
-    print(table_text(rows))
+    _print_table(rows, list(TABLE_COLUMNS))
     print(
         f"wrote {outputs['figure'].name}, {outputs['table'].name} and {len(methods)} maps "
         f"-> {args.out}"
@@ -528,20 +528,9 @@ def _evaluation_threshold(value: str, map_path: Path) -> float | None:
 
 
 def _print_table(rows: list[dict], columns: list[str]) -> None:
-    columns = [c for c in columns if any(c in row for row in rows)]
-    cells = [[_fmt(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    print("  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip())
-    for row in cells:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    from .tables import format_table
 
-
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)
+    print(format_table(rows, columns))
 
 
 def _train(args) -> int:

@@ -175,18 +175,6 @@ def processed_region(scan, slices=None) -> np.ndarray:
     return from_canonical(ras, orientation)
 
 
-def table_text(rows: list[dict[str, Any]]) -> str:
-    """The comparison table as aligned text (what the command line prints)."""
-    columns = [c for c in TABLE_COLUMNS if any(c in row for row in rows)]
-    cells = [[_fmt(row.get(c)) for c in columns] for row in rows]
-    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
-    lines += [
-        "  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip() for row in cells
-    ]
-    return "\n".join(lines)
-
-
 def write_table(rows: list[dict[str, Any]], path) -> Path:
     """Write the comparison table as CSV (``.csv``) or JSON (``.json``), atomically."""
     path = Path(path)
@@ -198,11 +186,3 @@ def write_table(rows: list[dict[str, Any]], path) -> Path:
     writer.writeheader()
     writer.writerows(rows)
     return atomic_write_text(path, buffer.getvalue())
-
-
-def _fmt(value) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4f}"
-    return str(value)

@@ -93,9 +93,7 @@ def comparison_figure(
     import matplotlib.pyplot as plt
     from matplotlib.figure import Figure
 
-    path = Path(path)
-    if path.suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise ValueError(f"figure format {path.suffix!r} not supported: use .png, .svg or .pdf")
+    path = _figure_path(path)
     detections = list(detections)
     if not detections:
         raise ValueError("no detection to draw")
@@ -150,9 +148,7 @@ def comparison_figure(
         corner.plot([width * 0.05, width * 0.05 + pixels], [height * 0.94] * 2, color="white", lw=3)
         corner.text(width * 0.05, height * 0.90, f"{scale_bar_mm:g} mm", color="white", fontsize=8)
     figure.suptitle((title or "axial slice {slice}").format(slice=slice_index), fontsize=10)
-    atomic_write(
-        path, lambda temp: figure.savefig(temp, dpi=dpi, format=path.suffix[1:]), suffix=path.suffix
-    )
+    _save(figure, path, dpi)
     plt.close("all")
     return path
 
@@ -195,9 +191,7 @@ def view_figure(
     from matplotlib.colors import ListedColormap, Normalize
     from matplotlib.figure import Figure
 
-    path = Path(path)
-    if path.suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise ValueError(f"figure format {path.suffix!r} not supported: use .png, .svg or .pdf")
+    path = _figure_path(path)
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] not in (3, 4) or image.size == 0:
         raise ValueError(f"image must be an (H, W, 3 or 4) RGB(A) array, got {image.shape}")
@@ -218,9 +212,7 @@ def view_figure(
             colormap = ListedColormap(np.asarray(colormap, dtype=float)[:, :3])
         mappable = ScalarMappable(norm=Normalize(*contrast_limits), cmap=colormap)
         figure.colorbar(mappable, ax=ax, fraction=0.05, pad=0.02, label=colorbar_label)
-    atomic_write(
-        path, lambda temp: figure.savefig(temp, dpi=dpi, format=path.suffix[1:]), suffix=path.suffix
-    )
+    _save(figure, path, dpi)
     return path
 
 
@@ -263,9 +255,7 @@ def methods_figure(
     import matplotlib.pyplot as plt
     from matplotlib.figure import Figure
 
-    path = Path(path)
-    if path.suffix.lower() not in (".png", ".svg", ".pdf"):
-        raise ValueError(f"figure format {path.suffix!r} not supported: use .png, .svg or .pdf")
+    path = _figure_path(path)
     detections = list(detections)
     if not detections:
         raise ValueError("no detection to draw")
@@ -341,8 +331,20 @@ def methods_figure(
         corner.plot([width * 0.05, width * 0.05 + pixels], [height * 0.94] * 2, color="white", lw=3)
         corner.text(width * 0.05, height * 0.90, f"{scale_bar_mm:g} mm", color="white", fontsize=8)
     figure.suptitle((title or "axial slice {slice}").format(slice=slice_index), fontsize=10)
+    _save(figure, path, dpi)
+    plt.close("all")
+    return path
+
+
+def _figure_path(path) -> Path:
+    path = Path(path)
+    if path.suffix.lower() not in (".png", ".svg", ".pdf"):
+        raise ValueError(f"figure format {path.suffix!r} not supported: use .png, .svg or .pdf")
+    return path
+
+
+def _save(figure, path: Path, dpi: int) -> None:
+    """Write a matplotlib figure atomically in the format of the path's suffix."""
     atomic_write(
         path, lambda temp: figure.savefig(temp, dpi=dpi, format=path.suffix[1:]), suffix=path.suffix
     )
-    plt.close("all")
-    return path
