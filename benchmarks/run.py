@@ -1,23 +1,25 @@
-"""Speed and detection benchmark of the shipped models on the sample scans.
+"""Speed and detection benchmark of every method on the benchmark set.
 
-Runs each installed ``anoddpm`` model over the lesion sample at several step counts (the speed
-knob), including the papers' full schedule, plus a no-model baseline, and reports voxel AUROC,
-AP, best Dice, Dice at the calibrated threshold, false-positive volume on the healthy sample,
-NFE and seconds per slice. Prints a table and writes ``docs/benchmarks.md``.
+For each method with a model (the shipped ones, plus ``--model METHOD=PATH``) and a sweep of
+its speed knob (noise level, step count, re-sampling rounds, severities), including the papers'
+full schedule where it is affordable, and a no-model baseline, it reports on the benchmark set
+(``benchmarks/make_benchmark_set.py``: healthy subjects unlike the training data, with tumour,
+MS-like and stroke-like lesions): voxel AUROC, AP, best Dice, Dice at the calibrated threshold
+(pooled over subjects, per lesion kind and over all), false-positive volume on the healthy
+scans at that threshold, NFE and seconds per slice, and the peak memory of the process. Prints
+a table and writes ``docs/benchmarks.md`` with a plot of AUROC against seconds per slice.
 
-    python benchmarks/run.py [--steps 5,10,25,full] [--device cpu] [--out docs/benchmarks.md]
-
-Caveat: the default models are trained on the MNI152 template and the samples are a slab of the
-same template, so these figures are optimistic; a benchmark set of other healthy brains comes
-with the benchmark issue.
+    python benchmarks/make_benchmark_set.py          # once (needs nilearn)
+    python benchmarks/run.py [--methods anoddpm,thor] [--model disyre=PATH] [--quick]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import resource
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -25,95 +27,174 @@ import torch
 
 from napari_uad.io import read_mask, read_scan
 from napari_uad.io.atomic import atomic_write_text
+from napari_uad.methods import METHOD_NAMES, get_method_class
 from napari_uad.metrics import evaluate
-from napari_uad.models.registry import list_models
-from napari_uad.pipeline import detect, load_method
+from napari_uad.models.checkpoint import CheckpointError
+from napari_uad.models.registry import default_model_name, list_models, resolve_model
+from napari_uad.pipeline import detect
 from napari_uad.preprocess import normalise_intensity
-from napari_uad.samples import sample_path
+
+HERE = Path(__file__).resolve().parent
+KINDS = ("tumour", "ms", "stroke")
+
+#: Per method: settings swept (the method's defaults first, then the speed knob, then the
+#: papers' full schedule where it runs in minutes). "full" steps mean noise_level + 1.
+SWEEPS = {
+    "anoddpm": [{}, {"steps": 5}, {"steps": "full"}, {"noise_level": "default+50"}],
+    "addm": [{}, {"steps": 5}, {"steps": "full"}],
+    "autoddpm": [{}, {"resample_steps": 1}, {"resample_steps": 5, "inpaint_steps": 11}],
+    "thor": [{}, {"steps": 4}, {"steps": 15}],
+    "disyre": [{}, {"mode": "single-step"}, {"severities": [0.8, 0.6, 0.4, 0.2, 0.1, 0.05]}],
+    "madad": [{}, {"steps": 5}],
+}
+QUICK = {name: sweep[:1] for name, sweep in SWEEPS.items()}
 
 
-def baseline_row(scan, brain, truth) -> dict:
+def load_set(folder: Path, subjects: int | None):
+    manifest_path = folder / "manifest.json"
+    if not manifest_path.is_file():
+        raise SystemExit(
+            f"no benchmark set in {folder}: run python benchmarks/make_benchmark_set.py first"
+        )
+    manifest = json.loads(manifest_path.read_text())
+    cases = []
+    for entry in manifest["subjects"][:subjects]:
+        healthy = read_scan(folder / entry["healthy"])
+        brain = read_mask(folder / entry["brain_mask"], like=healthy)
+        lesions = {}
+        for kind, files in entry["lesions"].items():
+            scan = read_scan(folder / files["scan"])
+            lesions[kind] = (scan, read_mask(folder / files["truth"], like=scan))
+        cases.append({"name": entry["name"], "healthy": healthy, "brain": brain, **lesions})
+    return cases
+
+
+def _pooled(parts, threshold=None) -> dict:
+    scores = np.concatenate([p[0] for p in parts])
+    truth = np.concatenate([p[1] for p in parts])
+    return evaluate(scores, truth, threshold=threshold)
+
+
+def _score_rows(label, per_kind, healthy_fp, extra) -> dict:
+    """One table row: metrics over all kinds, plus AUROC per kind."""
+    everything = [part for parts in per_kind.values() for part in parts]
+    threshold = extra.pop("threshold", None)
+    overall = _pooled(everything, threshold)
+    row = {**label, **extra, **overall}
+    for kind, parts in per_kind.items():
+        row[f"auroc_{kind}"] = _pooled(parts)["auroc"]
+    row["healthy_fp_ml"] = healthy_fp
+    return row
+
+
+def baseline_row(cases) -> dict:
     """No model: absolute deviation from the brain's median normalised intensity."""
-    normalised = normalise_intensity(scan.data, brain)
-    scores = np.abs(normalised - np.median(normalised[brain])) * brain
-    metrics = evaluate(scores, truth, mask=brain)
-    return {
-        "method": "baseline",
-        "model": "deviation from brain median (no model)",
-        "noise_level": "-",
-        "steps": "-",
-        "nfe": 0,
-        "s_per_slice": 0.0,
-        **metrics,
-        "dice_at_threshold": None,
-        "healthy_fp_ml": None,
-    }
+    per_kind = {kind: [] for kind in KINDS}
+    for case in cases:
+        brain = case["brain"]
+        for kind in KINDS:
+            scan, truth = case[kind]
+            normalised = normalise_intensity(scan.data, brain)
+            scores = np.abs(normalised - np.median(normalised[brain]))
+            per_kind[kind].append((scores[brain], truth[brain]))
+    label = {"method": "baseline", "model": "deviation from brain median", "setting": "-"}
+    return _score_rows(label, per_kind, None, {"nfe": 0, "s_per_slice": 0.0})
 
 
-def run(step_options: list[str], levels: list[int], device: str) -> list[dict]:
-    scan = read_scan(sample_path("lesion"))
-    healthy = read_scan(sample_path("healthy"))
-    brain = read_mask(sample_path("brain_mask"), like=scan)
-    truth = read_mask(sample_path("lesion_truth"), like=scan)
-    voxel_ml = float(np.prod(scan.spacing)) / 1000.0
-    rows = [baseline_row(scan, brain, truth)]
-    print(_format_row(rows[-1]), flush=True)
-    for info in list_models(method="anoddpm"):
-        method = load_method("anoddpm", info.path, device=device).method
-        defaults = method.resolve_parameters()
-        settings = [{"noise_level": level} for level in levels]
-        for option in step_options:
-            full = defaults["noise_level"] + 1
-            settings.append({"steps": full if option == "full" else int(option)})
-        for params in settings:
-            started = time.perf_counter()
-            result = detect(
-                scan,
-                method="anoddpm",
-                model=info.path,
-                brain_mask=brain,
+def _resolve_setting(method_class, config, setting: dict) -> dict:
+    defaults = method_class.defaults_for_config(config)
+    params = {}
+    for key, value in setting.items():
+        if value == "full":
+            value = int(params.get("noise_level", defaults["noise_level"])) + 1
+        elif isinstance(value, str) and value.startswith("default+"):
+            value = int(defaults[key]) + int(value.split("+")[1])
+        params[key] = value
+    return params
+
+
+def method_rows(cases, method: str, model, sweep, device: str):
+    from napari_uad.models.checkpoint import load_config
+
+    method_class = get_method_class(method)
+    config = load_config(model)
+    rows = []
+    for setting in sweep:
+        params = _resolve_setting(method_class, config, setting)
+        per_kind = {kind: [] for kind in KINDS}
+        seconds, slices, nfe, threshold = 0.0, 0, None, None
+        for case in cases:
+            brain = case["brain"]
+            for kind in KINDS:
+                scan, truth = case[kind]
+                result = detect(
+                    scan, method=method, model=model, brain_mask=brain, device=device, **params
+                )
+                per_kind[kind].append((result.anomaly[brain], truth[brain]))
+                seconds += result.provenance["timings"]["restore_s"]
+                slices += result.provenance["slices_processed"]
+                nfe = result.provenance["nfe_per_slice"]
+                threshold = result.threshold
+                used = result.provenance["parameters"]
+        fp_ml = 0.0
+        for case in cases:
+            on_healthy = detect(
+                case["healthy"],
+                method=method,
+                model=model,
+                brain_mask=case["brain"],
                 device=device,
+                threshold=threshold,
                 **params,
             )
-            elapsed = time.perf_counter() - started
-            used = result.provenance["parameters"]
-            metrics = evaluate(result.anomaly, truth, mask=brain, threshold=result.threshold)
-            fp_ml = None
-            if used["steps"] <= 50:  # the full schedule on the healthy scan adds little
-                on_healthy = detect(
-                    healthy,
-                    method="anoddpm",
-                    model=info.path,
-                    brain_mask=brain,
-                    device=device,
-                    **params,
-                )
-                fp_ml = float(on_healthy.lesion_mask.sum()) * voxel_ml
-            rows.append(
-                {
-                    "method": "anoddpm",
-                    "model": info.name,
-                    "noise_level": used["noise_level"],
-                    "steps": used["steps"],
-                    "nfe": result.provenance["nfe_per_slice"],
-                    "s_per_slice": result.provenance["timings"]["seconds_per_slice"],
-                    "total_s": elapsed,
-                    **metrics,
-                    "healthy_fp_ml": fp_ml,
-                }
-            )
-            print(_format_row(rows[-1]), flush=True)
+            fp_ml += float(on_healthy.lesion_mask.sum()) * np.prod(case["healthy"].spacing) / 1e3
+        shown = {k: used[k] for k in params} if params else {}
+        label = {
+            "method": method,
+            "model": config.name,
+            "setting": ", ".join(f"{k}={v}" for k, v in shown.items()) or "defaults",
+        }
+        extra = {"nfe": nfe, "s_per_slice": seconds / max(slices, 1), "threshold": threshold}
+        rows.append(_score_rows(label, per_kind, fp_ml / len(cases), extra))
+        print(_format_row(rows[-1]), flush=True)
     return rows
+
+
+def _models(args) -> list[tuple[str, Path]]:
+    """(method, model folder) pairs: ``--model`` choices, else every installed model of the
+    method's own family (both shipped DDPMs for anoddpm), else its default model."""
+    chosen: dict[str, list[str]] = {}
+    for item in args.model:
+        method, _, path = item.partition("=")
+        chosen.setdefault(method, []).append(path)
+    pairs = []
+    for method in args.methods:
+        names = chosen.get(method)
+        if names is None:
+            own = [
+                m.name
+                for m in list_models()
+                if get_method_class(method).model_methods[:1] == (m.method,)
+            ]
+            names = own if method == "anoddpm" and own else [default_model_name(method)]
+        for name in names:
+            try:
+                pairs.append((method, resolve_model(name)))
+            except CheckpointError:
+                print(f"skipping {method}: no model {name!r} (pass --model {method}=PATH)")
+    return pairs
 
 
 COLUMNS = [
     "method",
     "model",
-    "noise_level",
-    "steps",
+    "setting",
     "nfe",
     "s_per_slice",
     "auroc",
+    "auroc_tumour",
+    "auroc_ms",
+    "auroc_stroke",
     "ap",
     "best_dice",
     "dice_at_threshold",
@@ -133,26 +214,48 @@ def _format_row(row) -> str:
     return " | ".join(_fmt(row.get(c)) for c in COLUMNS)
 
 
-def to_markdown(rows, *, device: str) -> str:
+def plot(rows, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(6.4, 4.2), layout="constrained")
+    ax = figure.add_subplot()
+    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "baseline"):
+        points = sorted((r["s_per_slice"], r["auroc"]) for r in rows if r["method"] == method)
+        ax.plot(*zip(*points, strict=True), marker="o", label=method)
+    for r in rows:
+        if r["method"] == "baseline":
+            ax.axhline(r["auroc"], color="grey", ls="--", label="no-model baseline")
+    ax.axhline(0.5, color="lightgrey", ls=":", label="chance")
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per slice (CPU)")
+    ax.set_ylabel("voxel AUROC (all lesion kinds)")
+    ax.legend(fontsize=8)
+    figure.savefig(path, dpi=120)
+    return path
+
+
+def to_markdown(rows, *, device: str, command: str, cases: int, figure: str) -> str:
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     lines = [
         "# Benchmarks",
         "",
-        "Made by `python benchmarks/run.py`. Lesion sample (24 axial slices of the MNI152 "
-        "template with a synthetic tumour and 5 MS-like lesions), metrics inside the brain mask; "
-        "`healthy_fp_ml` is the lesion volume flagged on the healthy sample at the calibrated "
-        "threshold. Each model runs at several noise levels with its default step count, then "
-        "at its default noise level with fewer steps and with the papers' full schedule "
-        "(every timestep, NFE = t + 1). Seconds per slice cover the network work (restore), "
-        "batch size 8.",
+        f"Made by `{command}` on the benchmark set of `benchmarks/make_benchmark_set.py`: "
+        f"{cases} healthy subjects (the MNI152 template deformed in 3-D, bias field, gamma, "
+        "Rician noise; none of the training augmentations), each with a tumour (oedema in the "
+        "truth), MS-like and stroke-like lesions. Metrics are pooled over subjects inside the "
+        "brain; `dice_at_threshold` uses the model's calibrated healthy threshold (the scan's "
+        "99th percentile when the method has none), `healthy_fp_ml` is the volume flagged at "
+        "that threshold on each healthy subject (mean). Seconds per slice are the restoration "
+        "alone, batches of 8.",
         "",
         f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
         f"torch threads, device `{device}`, torch {torch.__version__}; peak resident memory of "
         f"the benchmark process {peak_mb:.0f} MB.",
         "",
-        "**Caveat**: the shipped models were trained on the same MNI152 template the samples "
-        "are cut from, so these numbers are optimistic; a benchmark on other healthy brains "
-        "with several lesion kinds is the next step.",
+        f"![AUROC against seconds per slice]({figure})",
         "",
         "| " + " | ".join(COLUMNS) + " |",
         "|" + "---|" * len(COLUMNS),
@@ -163,18 +266,31 @@ def to_markdown(rows, *, device: str) -> str:
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", default="5,full", help="step counts at the default level")
-    parser.add_argument(
-        "--levels", default="25,50,100,250", help="noise levels at the default step count"
-    )
+    parser.add_argument("--methods", default=",".join(METHOD_NAMES))
+    parser.add_argument("--model", action="append", default=[], metavar="METHOD=PATH")
+    parser.add_argument("--data", type=Path, default=HERE / "data")
+    parser.add_argument("--subjects", type=int, help="use only the first N subjects")
+    parser.add_argument("--quick", action="store_true", help="defaults only, no sweep")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     args = parser.parse_args()
-    print(" | ".join(COLUMNS))
-    levels = [int(v) for v in args.levels.split(",") if v]
-    rows = run([v for v in args.steps.split(",") if v], levels, args.device)
-    atomic_write_text(args.out, to_markdown(rows, device=args.device))
-    print(f"wrote {args.out}")
+    args.methods = [m for m in args.methods.split(",") if m]
+    command = " ".join(["python benchmarks/run.py", *sys.argv[1:]])
+    cases = load_set(args.data, args.subjects)
+    print(" | ".join(COLUMNS), flush=True)
+    rows = [baseline_row(cases)]
+    print(_format_row(rows[-1]), flush=True)
+    sweeps = QUICK if args.quick else SWEEPS
+    for method, model in _models(args):
+        rows += method_rows(cases, method, model, sweeps[method], args.device)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    figure = args.out.with_name("benchmarks_auroc_speed.png")
+    plot(rows, figure)
+    text = to_markdown(
+        rows, device=args.device, command=command.strip(), cases=len(cases), figure=figure.name
+    )
+    atomic_write_text(args.out, text)
+    print(f"wrote {args.out} and {figure}")
 
 
 if __name__ == "__main__":
