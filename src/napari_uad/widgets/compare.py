@@ -169,7 +169,7 @@ class CompareWidget(QWidget):
         ticked = set(self.checked_methods())
         self.method_list.clear()
         for name, reason in method_availability():
-            item = QListWidgetItem(name if reason is None else f"{name} — {reason}")
+            item = QListWidgetItem(name if reason is None else f"{name} (no model)")
             item.setData(Qt.ItemDataRole.UserRole, name)
             if reason is None:
                 item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
@@ -308,8 +308,8 @@ class CompareWidget(QWidget):
                 self.viewer.layers[name].data = data
                 self.viewer.layers[name].metadata = metadata
                 continue
-            positive = data[data > 0]
-            top = float(np.percentile(positive, 99.5)) if positive.size else 1.0
+            # As in Detect: dark below half the healthy threshold, saturated at twice it.
+            top = float(max(2 * run.detection.threshold, 1e-6))
             self.viewer.add_image(
                 data,
                 name=name,
@@ -319,7 +319,7 @@ class CompareWidget(QWidget):
                 colormap="hot",
                 blending="additive",
                 opacity=0.8,
-                contrast_limits=(0.0, max(top, 1e-6)),
+                contrast_limits=(top / 4, top),
                 visible=run is outcome.comparison.runs[0],
             )
         self._fill_table(outcome.comparison.rows())
