@@ -1,7 +1,8 @@
 """Screenshot of the Compare methods widget after comparing the DDPM-based methods on the
 lesion sample's slice with the most lesion, for the docs.
 
-xvfb-run -a -s "-screen 0 1600x1000x24" python scripts/make_compare_screenshot.py docs/compare_widget.png
+    xvfb-run -a -s "-screen 0 1600x1000x24" \\
+        python scripts/make_compare_screenshot.py docs/compare_widget.png
 """
 
 from __future__ import annotations
