@@ -144,3 +144,13 @@ def test_compare_refuses_unknown_methods_and_models_for_other_methods(
     args = ["compare", scan, "--methods", "anoddpm", "--model", "thor=x", "--out", str(tmp_path)]
     assert main(args) == 2
     assert "METHOD=MODEL" in capsys.readouterr().err
+
+
+def test_a_method_without_an_installed_model_says_how_to_get_one(
+    phantom_scan_files, tmp_path, monkeypatch, capsys
+):
+    monkeypatch.setenv("NAPARI_UAD_MODELS", str(tmp_path / "empty"))
+    args = ["restore", str(phantom_scan_files["scan"]), "--method", "disyre"]
+    assert main([*args, "--out", str(tmp_path / "o")]) == 2
+    error = capsys.readouterr().err
+    assert "no disyre model is installed" in error and "--method disyre" in error

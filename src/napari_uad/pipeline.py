@@ -93,8 +93,19 @@ def load_method(method: str, model=None, *, noise: str | None = None, device="au
     from .device import resolve_device
     from .models.registry import default_model_name, resolve_model
 
+    from .models.checkpoint import CheckpointError
+
     method_class = get_method_class(method)
-    path = resolve_model(model or default_model_name(method, noise=noise)).resolve()
+    try:
+        path = resolve_model(model or default_model_name(method, noise=noise)).resolve()
+    except CheckpointError:
+        if model is not None:
+            raise
+        family = "ddpm" if method == "anoddpm" else method
+        raise CheckpointError(
+            f"no {method} model is installed: train one with 'napari-uad train DIR --method "
+            f"{family} --out NAME', then pass --model NAME"
+        ) from None
     torch_device = resolve_device(device)
     weights = path / "model.safetensors"
     stamp = weights.stat().st_mtime_ns if weights.exists() else 0
