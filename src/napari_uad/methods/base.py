@@ -123,6 +123,12 @@ class Method(ABC):
         """Whether a model trained for ``model_method`` can run this method."""
         return model_method in (cls.model_methods or (cls.name,))
 
+    @classmethod
+    def is_own_model(cls, config) -> bool:
+        """Whether the model was trained for this very method (its flat defaults and its
+        top-level calibration are this method's)."""
+        return config.method == cls.name or (config.method == "ddpm" and cls.name == "anoddpm")
+
     @staticmethod
     def network_channels(config) -> tuple[int, int]:
         unet = getattr(config, "unet", None)
@@ -145,7 +151,7 @@ class Method(ABC):
         the others' under their name, e.g. ``{"noise_level": 25, "thor": {"noise_level": 350}}``.
         """
         stored = config.defaults or {}
-        own = config.method == cls.name or (config.method == "ddpm" and cls.name == "anoddpm")
+        own = cls.is_own_model(config)
         params = {k: v for k, v in stored.items() if own and k in cls.defaults}
         nested = stored.get(cls.name)
         if isinstance(nested, dict):
@@ -164,9 +170,7 @@ class Method(ABC):
         if isinstance(per_method, dict) and isinstance(per_method.get(self.name), dict):
             value = per_method[self.name].get("threshold")
             return None if value is None else float(value)
-        if self.config.method == self.name or (
-            self.name == "anoddpm" and self.config.method == "ddpm"
-        ):
+        if self.is_own_model(self.config):
             value = calibration.get("threshold")
             return None if value is None else float(value)
         return None

@@ -60,8 +60,7 @@ def store_calibration(config, method_name: str, entry: dict) -> None:
     """Put a calibration entry into a model config: at the top level for the method the model
     was trained for, under ``calibration["methods"][method_name]`` for the others (see
     :meth:`~napari_uad.methods.base.Method.calibrated_threshold`)."""
-    own = config.method == method_name or (config.method == "ddpm" and method_name == "anoddpm")
-    if own:
+    if get_method_class(method_name).is_own_model(config):
         config.calibration.update(entry)
     else:
         config.calibration.setdefault("methods", {})[method_name] = entry
