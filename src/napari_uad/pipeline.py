@@ -91,9 +91,8 @@ def load_method(method: str, model=None, *, noise: str | None = None, device="au
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
     """
     from .device import resolve_device
-    from .models.registry import default_model_name, resolve_model
-
     from .models.checkpoint import CheckpointError
+    from .models.registry import default_model_name, resolve_model
 
     method_class = get_method_class(method)
     try:
