@@ -222,9 +222,14 @@ def plot(rows, path: Path) -> Path:
 
     figure = Figure(figsize=(6.4, 4.2), layout="constrained")
     ax = figure.add_subplot()
-    for method in dict.fromkeys(r["method"] for r in rows if r["method"] != "baseline"):
-        points = sorted((r["s_per_slice"], r["auroc"]) for r in rows if r["method"] == method)
-        ax.plot(*zip(*points, strict=True), marker="o", label=method)
+    runs = dict.fromkeys((r["method"], r["model"]) for r in rows if r["method"] != "baseline")
+    for method, model in runs:
+        points = sorted(
+            (r["s_per_slice"], r["auroc"])
+            for r in rows
+            if (r["method"], r["model"]) == (method, model)
+        )
+        ax.plot(*zip(*points, strict=True), marker="o", label=f"{method} ({model})")
     for r in rows:
         if r["method"] == "baseline":
             ax.axhline(r["auroc"], color="grey", ls="--", label="no-model baseline")
@@ -237,8 +242,14 @@ def plot(rows, path: Path) -> Path:
     return path
 
 
-def to_markdown(rows, *, device: str, command: str, cases: int, figure: str) -> str:
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def to_markdown(
+    rows, *, device: str, command: str, cases: int, figure: str, peak_mb, note: str = ""
+) -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -255,6 +266,7 @@ def to_markdown(rows, *, device: str, command: str, cases: int, figure: str) -> 
         f"torch threads, device `{device}`, torch {torch.__version__}; peak resident memory of "
         f"the benchmark process {peak_mb:.0f} MB.",
         "",
+        *([note, ""] if note else []),
         f"![AUROC against seconds per slice]({figure})",
         "",
         "| " + " | ".join(COLUMNS) + " |",
@@ -273,7 +285,26 @@ def main():
     parser.add_argument("--quick", action="store_true", help="defaults only, no sweep")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
+    parser.add_argument("--note", default="", help="a paragraph for the page (e.g. on the models)")
+    parser.add_argument(
+        "--from-json",
+        type=Path,
+        metavar="PATH",
+        help="rewrite the page and the plot from a previous run's benchmarks.json",
+    )
     args = parser.parse_args()
+    if args.from_json:
+        saved = json.loads(args.from_json.read_text())
+        write_outputs(
+            saved["rows"],
+            args.out,
+            saved["command"],
+            saved["cases"],
+            saved["device"],
+            peak_mb=saved["peak_mb"],
+            note=args.note or saved.get("note", ""),
+        )
+        return
     args.methods = [m for m in args.methods.split(",") if m]
     command = " ".join(["python benchmarks/run.py", *sys.argv[1:]])
     cases = load_set(args.data, args.subjects)
@@ -287,14 +318,37 @@ def main():
         sweep = sweeps[method] if method not in swept else QUICK[method]
         swept.add(method)
         rows += method_rows(cases, method, model, sweep, args.device)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    figure = args.out.with_name("benchmarks_auroc_speed.png")
+    write_outputs(rows, args.out, command, len(cases), args.device, note=args.note)
+
+
+def write_outputs(
+    rows, out: Path, command: str, cases: int, device: str, peak_mb=None, note: str = ""
+) -> None:
+    """The page, the plot and the rows as JSON (``--from-json`` rewrites the first two)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    figure = out.with_name("benchmarks_auroc_speed.png")
     plot(rows, figure)
+    peak_mb = peak_memory_mb() if peak_mb is None else peak_mb
     text = to_markdown(
-        rows, device=args.device, command=command.strip(), cases=len(cases), figure=figure.name
+        rows,
+        device=device,
+        command=command,
+        cases=cases,
+        figure=figure.name,
+        peak_mb=peak_mb,
+        note=note,
     )
-    atomic_write_text(args.out, text)
-    print(f"wrote {args.out} and {figure}")
+    atomic_write_text(out, text)
+    record = {
+        "command": command,
+        "cases": cases,
+        "device": device,
+        "peak_mb": round(peak_mb),
+        "note": note,
+        "rows": rows,
+    }
+    atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
+    print(f"wrote {out}, {figure} and {out.with_suffix('.json').name}")
 
 
 if __name__ == "__main__":
