@@ -146,7 +146,7 @@ def test_an_addm_model_detects_with_method_addm(
     assert report["method"] == "addm" and report["model"] == "adv"
     capsys.readouterr()
     assert main([*args, "--out", str(tmp_path / "r2")]) == 2  # no shipped addm model
-    assert "no model named 'addm'" in capsys.readouterr().err
+    assert "no addm model is installed" in capsys.readouterr().err
 
 
 def test_init_reads_the_data_on_the_initial_models_grid(healthy_folder, tmp_path):
