@@ -154,3 +154,16 @@ def test_a_method_without_an_installed_model_says_how_to_get_one(
     assert main([*args, "--out", str(tmp_path / "o")]) == 2
     error = capsys.readouterr().err
     assert "no disyre model is installed" in error and "--method disyre" in error
+
+
+def test_compare_with_an_empty_truth_stops_before_running(phantom_scan_files, tmp_path, capsys):
+    import nibabel as nib
+
+    empty = tmp_path / "empty_truth.nii.gz"
+    source = nib.load(phantom_scan_files["truth"])
+    nib.save(nib.Nifti1Image(np.zeros(source.shape, np.uint8), source.affine), empty)
+    args = ["compare", str(phantom_scan_files["scan"]), "--methods", "anoddpm"]
+    args += ["--truth", str(empty), "--out", str(tmp_path / "o")]
+    assert main(args) == 2
+    assert "no lesion voxel inside the brain" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

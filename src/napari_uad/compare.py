@@ -132,6 +132,14 @@ def iter_compare(
     params = params or {}
     if brain_mask is None:
         brain_mask = estimate_brain_mask(scan.data)
+    if truth is not None:
+        inside = np.asarray(truth, dtype=bool) & np.asarray(brain_mask, dtype=bool)
+        if not inside.any() or inside.all():
+            raise ValueError(
+                "the truth mask has no lesion voxel inside the brain"
+                if not inside.any()
+                else "the truth mask covers the whole brain: no healthy voxel to compare"
+            )
     comparison = Comparison()
     for index, method in enumerate(methods):
         generator = iter_detect(
