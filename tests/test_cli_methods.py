@@ -150,10 +150,10 @@ def test_a_method_without_an_installed_model_says_how_to_get_one(
     phantom_scan_files, tmp_path, monkeypatch, capsys
 ):
     monkeypatch.setenv("NAPARI_UAD_MODELS", str(tmp_path / "empty"))
-    args = ["restore", str(phantom_scan_files["scan"]), "--method", "disyre"]
+    args = ["restore", str(phantom_scan_files["scan"]), "--method", "madad"]
     assert main([*args, "--out", str(tmp_path / "o")]) == 2
     error = capsys.readouterr().err
-    assert "no disyre model is installed" in error and "--method disyre" in error
+    assert "no madad model is installed" in error and "--method madad" in error
 
 
 def test_compare_with_an_empty_truth_stops_before_running(phantom_scan_files, tmp_path, capsys):
