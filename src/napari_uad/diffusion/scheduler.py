@@ -222,3 +222,15 @@ class DDPMScheduler:
                 raise ValueError("step() with eta > 0 needs `noise`")
             prev = prev + sigma * noise
         return StepOutput(prev_sample=prev, pred_original=x0)
+
+
+def step_pairs(timesteps: list[int]) -> list[tuple[int, int]]:
+    """``(t, prev_t)`` for each reverse step of a descending schedule; the last ``prev_t`` is
+    -1 (the clean image).
+
+    Examples
+    --------
+    >>> step_pairs([200, 100, 0])
+    [(200, 100), (100, 0), (0, -1)]
+    """
+    return list(zip(timesteps, [*timesteps[1:], -1], strict=True))

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from ..diffusion.noise import make_noise
-from ..diffusion.scheduler import DDPMScheduler
+from ..diffusion.scheduler import DDPMScheduler, step_pairs
 from .base import Method
 from .filters import median_filter2d
 
@@ -97,22 +97,30 @@ class AnoDDPM(Method):
     def _restore_batch(self, images, masks, params, generators):
         kind = params["noise"]
         eta = float(params["eta"])
-        timesteps = self.timesteps(params)
-        clean = images * 2 - 1
-        sample = self.scheduler.add_noise(clean, self._noise(kind, clean, generators), timesteps[0])
-        for index, t in enumerate(timesteps):
-            prev_t = timesteps[index + 1] if index + 1 < len(timesteps) else -1
-            t_batch = torch.full((len(sample),), t, device=sample.device, dtype=torch.long)
-            output = self.model(sample, t_batch)
-            noise = None
-            if eta > 0 and prev_t >= 0:
-                noise = self._noise(kind, sample, generators)
-            result = self.scheduler.step(output, t, sample, prev_t=prev_t, eta=eta, noise=noise)
-            sample = result.prev_sample
-            yield (result.pred_original + 1) / 2
+        sample = yield from self._denoise(
+            images * 2 - 1, self.timesteps(params), kind, eta, generators
+        )
         healthy = ((sample + 1) / 2).clamp(0, 1) * masks
         anomaly = residual_map(images, healthy, masks, smoothing=int(params["smoothing"]))
         return healthy, anomaly
+
+    def _denoise(self, clean, timesteps, kind, eta, generators):
+        """Noise ``clean`` ([-1, 1]) to ``timesteps[0]`` and denoise along ``timesteps``;
+        yields the clean-image estimate of each step, returns the last sample."""
+        sample = self.scheduler.add_noise(clean, self._noise(kind, clean, generators), timesteps[0])
+        for t, prev_t in step_pairs(timesteps):
+            sample, estimate = self._step(sample, t, prev_t, kind, eta, generators)
+            yield estimate
+        return sample
+
+    def _step(self, sample, t, prev_t, kind, eta, generators):
+        """One reverse step from ``t`` to ``prev_t``: the next sample and the clean-image
+        estimate in [0, 1]."""
+        t_batch = torch.full((len(sample),), t, device=sample.device, dtype=torch.long)
+        output = self.model(sample, t_batch)
+        noise = self._noise(kind, sample, generators) if eta > 0 and prev_t >= 0 else None
+        result = self.scheduler.step(output, t, sample, prev_t=prev_t, eta=eta, noise=noise)
+        return result.prev_sample, ((result.pred_original + 1) / 2).clamp(0, 1)
 
 
 def residual_map(images, healthy, masks, *, smoothing: int = 0) -> torch.Tensor:

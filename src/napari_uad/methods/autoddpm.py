@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from ..diffusion.scheduler import step_pairs
 from .anoddpm import AnoDDPM
 from .filters import grey_dilation2d, median_filter2d, per_image_quantile
 from .perceptual import perceptual_distance
@@ -106,7 +107,7 @@ class AutoDDPM(AnoDDPM):
         eta = float(params["eta"])
         # 1. Masking restoration (AnoDDPM) and likelihood map.
         reconstruction = yield from self._denoise(
-            images * 2 - 1, self.timesteps(params), kind, eta, generators, start_noised=True
+            images * 2 - 1, self.timesteps(params), kind, eta, generators
         )
         reconstruction = ((reconstruction + 1) / 2).clamp(0, 1) * masks
         likelihood = likelihood_map(
@@ -135,25 +136,6 @@ class AutoDDPM(AnoDDPM):
             anomaly = median_filter2d(anomaly, int(params["smoothing"])) * masks
         return inpainted, anomaly
 
-    def _denoise(self, clean, timesteps, kind, eta, generators, *, start_noised):
-        sample = clean
-        if start_noised:
-            sample = self.scheduler.add_noise(
-                clean, self._noise(kind, clean, generators), timesteps[0]
-            )
-        for index, t in enumerate(timesteps):
-            prev_t = timesteps[index + 1] if index + 1 < len(timesteps) else -1
-            sample, estimate = self._step(sample, t, prev_t, kind, eta, generators)
-            yield estimate
-        return sample
-
-    def _step(self, sample, t, prev_t, kind, eta, generators):
-        t_batch = torch.full((len(sample),), t, device=sample.device, dtype=torch.long)
-        output = self.model(sample, t_batch)
-        noise = self._noise(kind, sample, generators) if eta > 0 and prev_t >= 0 else None
-        result = self.scheduler.step(output, t, sample, prev_t=prev_t, eta=eta, noise=noise)
-        return result.prev_sample, ((result.pred_original + 1) / 2).clamp(0, 1)
-
     def _resample(self, images, stitched, binary, params, kind, eta, generators):
         """RePaint from ``inpaint_level``: the input outside ``binary``, re-sampled inside."""
         timesteps = self.inpaint_timesteps(params)
@@ -161,8 +143,7 @@ class AutoDDPM(AnoDDPM):
         sample = self.scheduler.add_noise(
             stitched * 2 - 1, self._noise(kind, known, generators), timesteps[0]
         )
-        for index, t in enumerate(timesteps):
-            prev_t = timesteps[index + 1] if index + 1 < len(timesteps) else -1
+        for t, prev_t in step_pairs(timesteps):
             rounds = int(params["resample_steps"]) if prev_t >= 0 else 1
             for round_index in range(rounds):
                 unknown, estimate = self._step(sample, t, prev_t, kind, eta, generators)

@@ -138,10 +138,6 @@ class Method(ABC):
         """Input and output channels the network must have for this method."""
         return self.channels
 
-    def model_defaults(self) -> dict[str, Any]:
-        """The model's own defaults for this method (see :meth:`defaults_for_config`)."""
-        return self.model_defaults_of(self.config)
-
     @classmethod
     def model_defaults_of(cls, config) -> dict[str, Any]:
         """A model's own defaults for this method.
@@ -178,7 +174,7 @@ class Method(ABC):
     def resolve_parameters(self, **overrides) -> dict[str, Any]:
         """Class defaults, updated by the model's defaults, then by non-None ``overrides``."""
         params = dict(self.defaults)
-        params.update(self.model_defaults())
+        params.update(self.model_defaults_of(self.config))
         unknown = set(overrides) - set(self.defaults)
         if unknown:
             raise ValueError(

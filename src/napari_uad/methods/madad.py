@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..diffusion.scheduler import DDPMScheduler
+from ..diffusion.scheduler import DDPMScheduler, step_pairs
 from .base import Method
 from .filters import gaussian_blur2d
 
@@ -131,8 +131,7 @@ class MADAD(Method):
         latent = self.encode(images)
         brain = torch.nn.functional.adaptive_max_pool2d(masks.float(), latent.shape[-2:]) > 0
         self.last_update_masks = []
-        for index, t in enumerate(timesteps):
-            prev_t = timesteps[index + 1] if index + 1 < len(timesteps) else -1
+        for t, prev_t in step_pairs(timesteps):
             t_batch = torch.full((len(latent),), t, device=latent.device, dtype=torch.long)
             output = self.model(latent, t_batch)
             predicted, logits = output[:, :channels], output[:, channels:]

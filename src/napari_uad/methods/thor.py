@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from ..diffusion.scheduler import step_pairs
 from .anoddpm import AnoDDPM
 from .filters import gaussian_blur2d, grey_closing2d, grey_dilation2d, median_filter2d
 from .perceptual import perceptual_distance
@@ -93,20 +94,11 @@ class THOR(AnoDDPM):
         initial_noise = self._noise(kind, clean, generators)
         sample = self.scheduler.add_noise(clean, initial_noise, timesteps[0])
         maps = []
-        for index, t in enumerate(timesteps):
-            prev_t = timesteps[index + 1] if index + 1 < len(timesteps) else -1
-            t_batch = torch.full((len(sample),), t, device=sample.device, dtype=torch.long)
-            output = self.model(sample, t_batch)
-            noise = None
-            if eta > 0 and prev_t >= 0:
-                noise = self._noise(kind, sample, generators)
-            result = self.scheduler.step(output, t, sample, prev_t=prev_t, eta=eta, noise=noise)
-            sample = result.prev_sample
-            estimate = ((result.pred_original + 1) / 2).clamp(0, 1)
+        for t, prev_t in step_pairs(timesteps):
+            sample, estimate = self._step(sample, t, prev_t, kind, eta, generators)
             raw = intermediate_map(self.model, estimate, images, masks, sigma=params["sigma"])
             maps.append(raw)
-            crossed = [level for level in pending if level >= prev_t]
-            if crossed and prev_t >= 0:
+            if prev_t >= 0 and any(level >= prev_t for level in pending):
                 pending = [level for level in pending if level < prev_t]
                 soft = harmonisation_mask(normalise_max(raw, masks), int(params["kernel"]))
                 harmonised = harmonise(estimate, images, soft) * masks
