@@ -9,6 +9,7 @@ Bad input ends with a one-line error and exit code 2.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -274,12 +275,7 @@ def _restore(args) -> int:
     planned = [_output_paths(args.out, stem, uncertainty=args.samples > 1) for stem in stems]
     given = [*args.inputs, *(m for m in masks if m != "auto")]
     for outputs in planned:
-        for output in outputs.values():
-            if any(_same_path(output, other) for other in given):
-                raise UsageError(f"refusing to overwrite the input file {output}: change --out")
-        existing = [p.name for p in outputs.values() if p.exists()]
-        if existing and not args.overwrite:
-            raise UsageError(f"{existing[0]} exists in {args.out}; pass --overwrite to replace")
+        _check_outputs(outputs.values(), given, args.out, overwrite=args.overwrite)
     args.out.mkdir(parents=True, exist_ok=True)
     params = {
         "noise": args.noise,
@@ -326,18 +322,13 @@ def _restore(args) -> int:
             "outputs": {k: v.name for k, v in outputs.items() if k != "provenance"},
             **result.provenance,
         }
-        try:
+        with _all_or_none(outputs.values()):
             write_nifti(outputs["healthy"], result.healthy, like=scan)
             write_nifti(outputs["anomaly"], result.anomaly, like=scan)
             write_nifti(outputs["mask"], result.lesion_mask, like=scan, dtype="uint8")
             if "uncertainty" in outputs:
                 write_nifti(outputs["uncertainty"], result.uncertainty, like=scan)
             atomic_write_text(outputs["provenance"], json.dumps(provenance, indent=2) + "\n")
-        except BaseException:
-            # All four outputs or none (with --overwrite, no mix of old and new files either).
-            for output in outputs.values():
-                output.unlink(missing_ok=True)
-            raise
         summary = result.provenance["lesions"]
         print(
             f"{stem}: {summary['count']} lesion(s), {summary['total_volume_ml']:.2f} mL at "
@@ -393,12 +384,7 @@ def _compare(args) -> int:
         **{m: args.out / f"{stem}_{m}_anomaly.nii.gz" for m in methods},
     }
     given = [args.input, *(p for p in (args.truth, args.brain_mask) if p and p != "auto")]
-    for output in outputs.values():
-        if any(_same_path(output, other) for other in given):
-            raise UsageError(f"refusing to overwrite the input file {output}: change --out")
-    existing = [p.name for p in outputs.values() if p.exists()]
-    if existing and not args.overwrite:
-        raise UsageError(f"{existing[0]} exists in {args.out}; pass --overwrite to replace")
+    _check_outputs(outputs.values(), given, args.out, overwrite=args.overwrite)
     scan = read_scan(args.input)
     truth = read_mask(args.truth, like=scan) if args.truth else None
     brain_mask = None if args.brain_mask == "auto" else read_mask(args.brain_mask, like=scan)
@@ -434,7 +420,7 @@ def _compare(args) -> int:
             bar.close()
     args.out.mkdir(parents=True, exist_ok=True)
     rows = comparison.rows()
-    try:
+    with _all_or_none(outputs.values()):
         for run in comparison.runs:
             write_nifti(outputs[run.method], run.detection.anomaly, like=scan)
         methods_figure(
@@ -453,16 +439,36 @@ def _compare(args) -> int:
             for row, run in zip(rows, comparison.runs, strict=True)
         ]
         atomic_write_text(outputs["json"], json.dumps(details, indent=2) + "\n")
-    except BaseException:
-        for path in outputs.values():
-            path.unlink(missing_ok=True)
-        raise
     _print_table(rows, list(TABLE_COLUMNS))
     print(
         f"wrote {outputs['figure'].name}, {outputs['table'].name} and {len(methods)} maps "
         f"-> {args.out}"
     )
     return 0
+
+
+def _check_outputs(outputs, inputs, out: Path, *, overwrite: bool) -> None:
+    """Refuse outputs that would replace an input, and existing ones without --overwrite."""
+    outputs = list(outputs)
+    for output in outputs:
+        if any(_same_path(output, other) for other in inputs):
+            raise UsageError(f"refusing to overwrite the input file {output}: change --out")
+    existing = [p.name for p in outputs if p.exists()]
+    if existing and not overwrite:
+        raise UsageError(f"{existing[0]} exists in {out}; pass --overwrite to replace")
+
+
+@contextlib.contextmanager
+def _all_or_none(paths):
+    """Remove every path if the block fails: all of one input's outputs or none (with
+    --overwrite, no mix of old and new files either)."""
+    paths = list(paths)
+    try:
+        yield
+    except BaseException:
+        for path in paths:
+            path.unlink(missing_ok=True)
+        raise
 
 
 def _same_path(a, b) -> bool:

@@ -142,11 +142,7 @@ def comparison_figure(
             )
             row[3].set_title(row[3].get_title() + " (truth: green)", fontsize=9)
     if scale_bar_mm > 0:
-        pixels = scale_bar_mm / scale[2]
-        height, width = image.shape[1:]
-        corner = axes[0, 0]
-        corner.plot([width * 0.05, width * 0.05 + pixels], [height * 0.94] * 2, color="white", lw=3)
-        corner.text(width * 0.05, height * 0.90, f"{scale_bar_mm:g} mm", color="white", fontsize=8)
+        _scale_bar(axes[0, 0], image.shape[1:], scale_bar_mm, mm_per_pixel=scale[2])
     figure.suptitle((title or "axial slice {slice}").format(slice=slice_index), fontsize=10)
     _save(figure, path, dpi)
     plt.close("all")
@@ -325,15 +321,19 @@ def methods_figure(
             axes[2, column].contour(outline, levels=[0.5], colors="lime", linewidths=1.0)
         axes[2, column].set_title(f"lesions (threshold {detection.threshold:.3g})", fontsize=8)
     if scale_bar_mm > 0:
-        pixels = scale_bar_mm / scale[2]
-        height, width = plane.shape
-        corner = axes[0, 0]
-        corner.plot([width * 0.05, width * 0.05 + pixels], [height * 0.94] * 2, color="white", lw=3)
-        corner.text(width * 0.05, height * 0.90, f"{scale_bar_mm:g} mm", color="white", fontsize=8)
+        _scale_bar(axes[0, 0], plane.shape, scale_bar_mm, mm_per_pixel=scale[2])
     figure.suptitle((title or "axial slice {slice}").format(slice=slice_index), fontsize=10)
     _save(figure, path, dpi)
     plt.close("all")
     return path
+
+
+def _scale_bar(ax, shape, length_mm: float, *, mm_per_pixel: float) -> None:
+    """A white scale bar of ``length_mm`` in the lower left of an image panel of ``shape``."""
+    height, width = shape
+    start = width * 0.05
+    ax.plot([start, start + length_mm / mm_per_pixel], [height * 0.94] * 2, color="white", lw=3)
+    ax.text(start, height * 0.90, f"{length_mm:g} mm", color="white", fontsize=8)
 
 
 def _figure_path(path) -> Path:
