@@ -34,6 +34,14 @@ from napari_uad.models.registry import default_model_name, list_models, resolve_
 from napari_uad.pipeline import detect
 from napari_uad.preprocess import normalise_intensity
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from targets import (  # noqa: E402  (the sibling script, not a package)
+    schedule_markdown,
+    schedule_rows,
+    target_rows,
+    targets_markdown,
+)
+
 HERE = Path(__file__).resolve().parent
 KINDS = ("tumour", "ms", "stroke")
 
@@ -156,6 +164,7 @@ def method_rows(cases, method: str, model, sweep, device: str):
         }
         extra = {"nfe": nfe, "s_per_slice": seconds / max(slices, 1), "threshold": threshold}
         rows.append(_score_rows(label, per_kind, fp_ml / len(cases), extra))
+        rows[-1]["full"] = "full" in setting.values()
         print(_format_row(rows[-1]), flush=True)
     return rows
 
@@ -248,7 +257,16 @@ def peak_memory_mb() -> float:
 
 
 def to_markdown(
-    rows, *, device: str, command: str, cases: int, figure: str, peak_mb, note: str = ""
+    rows,
+    *,
+    device: str,
+    command: str,
+    cases: int,
+    figure: str,
+    peak_mb,
+    note: str = "",
+    targets=(),
+    threads: int | None = None,
 ) -> str:
     lines = [
         "# Benchmarks",
@@ -262,7 +280,7 @@ def to_markdown(
         "that threshold on each healthy subject (mean). Seconds per slice are the restoration "
         "alone, batches of 8.",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} "
+        f"Machine: {platform.processor() or platform.machine()}, {threads} "
         f"torch threads, device `{device}`, torch {torch.__version__}; peak resident memory of "
         f"the benchmark process {peak_mb:.0f} MB.",
         "",
@@ -273,6 +291,31 @@ def to_markdown(
         "|" + "---|" * len(COLUMNS),
     ]
     lines += ["| " + _format_row(row) + " |" for row in rows]
+    schedules = schedule_rows(rows)
+    if schedules:
+        lines += [
+            "",
+            "## Default settings against the papers' full schedule",
+            "",
+            "The same model, every denoising step from the default noise level (`steps=full`), "
+            "against its default (strided) schedule, in the run above.",
+            "",
+            *schedule_markdown(schedules),
+        ]
+    if targets:
+        lines += [
+            "",
+            "## Speed and memory targets",
+            "",
+            "Each method at its defaults with its default model, by `benchmarks/targets.py`: "
+            "*slice* is one `detect(..., slices=[k])` call on the lesion sample with the model "
+            "already loaded (as napari keeps it), preprocessing and writing back included, "
+            "median of 3; *slab* is the whole 24-slice lesion sample; *peak* is the peak "
+            "resident memory of a fresh process detecting on a 256 x 256 x 180 volume (the "
+            "sample resampled), with its time in brackets.",
+            "",
+            *targets_markdown(targets),
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -286,6 +329,10 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", type=Path, default=Path("docs/benchmarks.md"))
     parser.add_argument("--note", default="", help="a paragraph for the page (e.g. on the models)")
+    parser.add_argument(
+        "--no-targets", action="store_true", help="skip the speed and memory target runs"
+    )
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     parser.add_argument(
         "--from-json",
         type=Path,
@@ -303,8 +350,12 @@ def main():
             saved["device"],
             peak_mb=saved["peak_mb"],
             note=args.note or saved.get("note", ""),
+            targets=saved.get("targets", []),
+            threads=saved.get("threads"),
         )
         return
+    if args.threads:
+        torch.set_num_threads(args.threads)
     args.methods = [m for m in args.methods.split(",") if m]
     command = " ".join(["python benchmarks/run.py", *sys.argv[1:]])
     cases = load_set(args.data, args.subjects)
@@ -312,17 +363,29 @@ def main():
     rows = [baseline_row(cases)]
     print(_format_row(rows[-1]), flush=True)
     sweeps = QUICK if args.quick else SWEEPS
-    swept = set()
+    first_models = {}
     for method, model in _models(args):
         # The sweep runs on a method's first model; further models run at their defaults.
-        sweep = sweeps[method] if method not in swept else QUICK[method]
-        swept.add(method)
+        sweep = sweeps[method] if method not in first_models else QUICK[method]
+        first_models.setdefault(method, model)
         rows += method_rows(cases, method, model, sweep, args.device)
-    write_outputs(rows, args.out, command, len(cases), args.device, note=args.note)
+    targets = []
+    if not args.no_targets:
+        print("targets (current slice, 24-slice slab, 256x256x180 memory):", flush=True)
+        targets = target_rows(list(first_models), first_models, device=args.device)
+    write_outputs(rows, args.out, command, len(cases), args.device, note=args.note, targets=targets)
 
 
 def write_outputs(
-    rows, out: Path, command: str, cases: int, device: str, peak_mb=None, note: str = ""
+    rows,
+    out: Path,
+    command: str,
+    cases: int,
+    device: str,
+    peak_mb=None,
+    note: str = "",
+    targets=(),
+    threads=None,
 ) -> None:
     """The page, the plot and the rows as JSON (``--from-json`` rewrites the first two)."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -337,6 +400,8 @@ def write_outputs(
         figure=figure.name,
         peak_mb=peak_mb,
         note=note,
+        targets=targets,
+        threads=threads or torch.get_num_threads(),
     )
     atomic_write_text(out, text)
     record = {
@@ -345,7 +410,9 @@ def write_outputs(
         "device": device,
         "peak_mb": round(peak_mb),
         "note": note,
+        "threads": threads or torch.get_num_threads(),
         "rows": rows,
+        "targets": list(targets),
     }
     atomic_write_text(out.with_suffix(".json"), json.dumps(record, indent=2) + "\n")
     print(f"wrote {out}, {figure} and {out.with_suffix('.json').name}")

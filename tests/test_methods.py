@@ -98,6 +98,18 @@ def test_methods_use_their_own_defaults_for_a_shared_model(methods):
     assert methods["thor"].calibrated_threshold() is None
 
 
+def test_loaded_networks_run_channels_last_on_the_cpu_with_the_same_results(tiny_models):
+    method = get_method_class("madad").from_checkpoint(tiny_models["madad"])
+    for network in (method.model, method.vae):
+        weights = [p for p in network.parameters() if p.dim() == 4]
+        assert weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in weights)
+    plain, _ = load_checkpoint(tiny_models["anoddpm"])
+    fast = get_method_class("anoddpm").from_checkpoint(tiny_models["anoddpm"]).model
+    x, t = torch.randn(4, 1, 32, 32), torch.full((4,), 50)
+    with torch.inference_mode():
+        torch.testing.assert_close(fast(x, t), plain(x, t), rtol=1e-4, atol=1e-5)
+
+
 def test_unknown_parameters_and_bad_values_are_refused(methods):
     with pytest.raises(ValueError, match="no parameter"):
         methods["disyre"].resolve_parameters(noise_level=3)
@@ -200,7 +212,9 @@ def test_disyre_accumulates_the_gradients_of_every_restoration_step(tiny_disyre_
     method = get_method_class("disyre")(_ConstantRestorer(), config)
     images = np.full((2, 32, 32), 0.8, dtype=np.float32)
     masks = np.ones((2, 32, 32), dtype=bool)
-    result = method.restore(images, masks, severities=[0.6, 0.4, 0.2, 0.1], smoothing=0)
+    result = method.restore(
+        images, masks, severities=[0.6, 0.4, 0.2, 0.1], mode="multi-step", smoothing=0
+    )
     # |x_k - x0| shrinks by s_{k+1} / s_1 each step: 0.6 * (1 + 2/3 + 1/3 + 1/6) / 4.
     expected = 0.6 * (1 + 2 / 3 + 1 / 3 + 1 / 6) / 4
     np.testing.assert_allclose(result.anomaly, expected, rtol=1e-5)

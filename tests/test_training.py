@@ -11,7 +11,7 @@ from napari_uad.io import InputError
 from napari_uad.models.checkpoint import CheckpointError, load_checkpoint, load_component
 from napari_uad.phantoms import make_brain, make_dataset
 from napari_uad.training import dataset as dataset_module
-from napari_uad.training.api import create_trainer
+from napari_uad.training.api import create_trainer, get_trainer_class
 from napari_uad.training.augment import AugmentConfig, augment_batch
 from napari_uad.training.corruption import (
     random_patch_masks,
@@ -313,6 +313,24 @@ def test_init_fine_tunes_from_an_existing_model(slices, tmp_path):
     assert config.name == "tuned" and config.training["initialised_from"] == str(base.model_dir)
     with pytest.raises(CheckpointError, match="needs a disyre model"):
         _trainer(slices, tmp_path, "disyre", 5, name="x", init=str(base.model_dir))
+
+
+def test_addm_fine_tunes_a_ddpm_into_an_addm_model(slices, tmp_path):
+    base = _trainer(slices, tmp_path, "ddpm", 10, name="base").run()
+    base_model, base_config = load_checkpoint(base.model_dir)
+    tuned = _trainer(slices, tmp_path, "addm", 3, name="adv", init=str(base.model_dir))
+    for mine, theirs in zip(
+        tuned.networks["model"].parameters(), base_model.parameters(), strict=True
+    ):
+        assert torch.equal(mine.detach(), theirs)  # the generator starts as the DDPM
+    assert "discriminator" in tuned.networks
+    config = load_checkpoint(tuned.run().model_dir)[1]
+    assert config.method == "addm" and "discriminator" in config.components
+    assert config.defaults == get_trainer_class("addm").default_config("x").defaults
+    assert config.diffusion == base_config.diffusion
+    # Not the other way round: a DDPM run does not start from an ADDM model.
+    with pytest.raises(CheckpointError, match="needs an anoddpm model"):
+        _trainer(slices, tmp_path, "ddpm", 2, name="back", init=str(tmp_path / "adv"))
 
 
 def test_finished_ddpm_run_stores_a_healthy_threshold_and_previews(slices, tmp_path):

@@ -85,3 +85,17 @@ def cpu_threads(count: int | None = None):
         yield count
     finally:
         torch.set_num_threads(previous)
+
+
+def inference_layout(module, device):
+    """Put a network's weights in the memory layout that runs fastest for inference on ``device``.
+
+    On the CPU that is channels-last (measured in docs/benchmarks.md: 13 % faster per batch of
+    8 slices on 128 px, equal results to 1e-5); elsewhere the layout is left as loaded, since
+    no GPU measurement says otherwise. Returns the module (converted in place).
+    """
+    import torch
+
+    if torch.device(device).type == "cpu":
+        module.to(memory_format=torch.channels_last)
+    return module

@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ..device import inference_layout
+
 
 class Cancelled(Exception):
     """Raised inside a method when its ``should_stop`` callback returns True."""
@@ -106,9 +108,9 @@ class Method(ABC):
                 f"model {config.name!r} maps {found[0]}-channel images to {found[1]} channels; "
                 f"{self.name} needs {expected[0]} to {expected[1]}"
             )
-        self.model = model
         self.config = config
         self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.model = model
 
     @classmethod
     def from_checkpoint(cls, folder, *, device="cpu") -> Method:
@@ -116,7 +118,7 @@ class Method(ABC):
         from ..models.checkpoint import load_checkpoint
 
         model, config = load_checkpoint(folder, device=device)
-        return cls(model, config, device=device)
+        return cls(inference_layout(model, device), config, device=device)
 
     @classmethod
     def accepts(cls, model_method: str) -> bool:

@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 
+from ..device import inference_layout
 from ..diffusion.scheduler import DDPMScheduler, step_pairs
 from .base import Method
 from .filters import gaussian_blur2d
@@ -81,6 +82,7 @@ class MADAD(Method):
                 "model trained with 'napari-uad train --method madad'"
             )
         vae = load_component(folder, "vae", config=config, device=device)
+        model, vae = inference_layout(model, device), inference_layout(vae, device)
         return cls(model, config, vae=vae, device=device)
 
     def expected_channels(self, config) -> tuple[int, int]:

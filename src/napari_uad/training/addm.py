@@ -21,6 +21,8 @@ class ADDMTrainer(DDPMTrainer):
 
     family = "addm"
     method = "addm"
+    # The generator is a DDPM: ADDM fine-tuning of a trained anoddpm model is allowed.
+    INIT_FROM = ("anoddpm",)
     OPTIONS = {"max_timestep": None, "adversarial_weight": 0.05, "discriminator_channels": 16}
 
     @classmethod

@@ -191,15 +191,26 @@ def _load_data(data, grid: int, cache_dir=None) -> HealthySlices:
 def _initial_networks(init, trainer_class):
     folder = resolve_model(init)
     model, config = load_checkpoint(folder)
-    if config.method != trainer_class.method:
+    if config.method not in (trainer_class.method, *trainer_class.INIT_FROM):
+        allowed = " or ".join((trainer_class.method, *trainer_class.INIT_FROM))
         raise CheckpointError(
-            f"model {init} is a {config.method} model; a {trainer_class.family} run needs a "
-            f"{trainer_class.method} model to start from"
+            f"model {init} is {_a(config.method)} model; a {trainer_class.family} run needs "
+            f"{_a(allowed)} model to start from"
         )
+    if config.method != trainer_class.method:
+        # Another family's network (an ADDM generator starting from a DDPM): it takes this
+        # family's method and defaults; the diffusion settings come with the weights.
+        fresh = trainer_class.default_config(config.name, grid=config.grid)
+        config.method = trainer_class.method
+        config.defaults = fresh.defaults
     networks = {"model": model}
     for name in config.components:
         networks[name] = load_component(folder, name, config=config)
     return config, networks
+
+
+def _a(word: str) -> str:
+    return f"{'an' if word[:1] in 'aeiou' else 'a'} {word}"
 
 
 def _card_of(training: dict) -> dict:

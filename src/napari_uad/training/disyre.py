@@ -46,7 +46,11 @@ class DISYRETrainer(Trainer):
             diffusion=DiffusionConfig(
                 num_train_timesteps=1000, prediction_type="sample", noise="synthetic"
             ),
-            defaults={"severities": [0.6, 0.4, 0.2, 0.1], "smoothing": 3},
+            defaults={
+                "severities": [1.0, 0.8, 0.6, 0.4, 0.2],
+                "mode": "single-step",
+                "smoothing": 3,
+            },
         )
 
     def build_networks(self):

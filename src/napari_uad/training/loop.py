@@ -187,6 +187,8 @@ class Trainer(ABC):
     family: ClassVar[str]
     method: ClassVar[str]
     OPTIONS: ClassVar[dict[str, Any]] = {}
+    #: Methods of other families whose models a run of this family may start from (``--init``).
+    INIT_FROM: ClassVar[tuple[str, ...]] = ()
     #: Networks whose EMA copy is exported instead of the raw weights.
     EMA_NETWORKS: ClassVar[tuple[str, ...]] = ("model",)
     PREVIEW_SLICES = 4
