@@ -48,12 +48,12 @@ KINDS = ("tumour", "ms", "stroke")
 #: Per method: settings swept (the method's defaults first, then the speed knob, then the
 #: papers' full schedule where it runs in minutes: "full" steps mean noise_level + 1).
 SWEEPS = {
-    "anoddpm": [{}, {"steps": 5}, {"steps": "full"}],
+    "anoddpm": [{}, {"steps": 1}, {"steps": 5}, {"steps": "full"}],
     "addm": [{}, {"steps": 5}, {"steps": "full"}],
-    "autoddpm": [{}, {"resample_steps": 1}],
-    "thor": [{}, {"steps": 4}],
-    "disyre": [{}, {"mode": "single-step"}],
-    "madad": [{}, {"steps": 5}],
+    "autoddpm": [{}, {"resample_steps": 5}],
+    "thor": [{}, {"steps": "full"}],
+    "disyre": [{}, {"mode": "multi-step"}, {"smoothing": 3}],
+    "madad": [{}, {"steps": 5}, {"sigma": 2.5}],
 }
 QUICK = {name: sweep[:1] for name, sweep in SWEEPS.items()}
 

@@ -4,11 +4,12 @@ Data: the MNI152 2009 T1 template that nilearn ships (1 mm, skull-stripped), its
 with brain, on the 128x128 model grid, with strong augmentation (affine + elastic deformation,
 flips, gamma, bias field, contrast) so that the network sees many "subjects".
 
-Usage (CPU, about 30 minutes per model on 2 cores)::
+Usage (CPU, about 30 minutes per 1,000 steps on one core)::
 
     pip install nilearn
-    python scripts/train_default_models.py --noise simplex --steps 400
-    python scripts/train_default_models.py --noise gaussian --steps 400
+    python scripts/train_default_models.py --noise gaussian --steps 1000 --out runs/g1
+
+``scripts/reproduce_default_models.py`` chains the stages of every shipped model.
 
 Each run writes ``src/napari_uad/weights/anoddpm-<noise>/`` (config.json + model.safetensors,
 fp16) with its calibrated healthy threshold and a model card in config.json.
@@ -75,6 +76,9 @@ def main():
     parser.add_argument(
         "--smoothing", type=int, default=3, help="default median filter size stored in the model"
     )
+    parser.add_argument(
+        "--default-steps", type=int, default=2, help="default denoising steps stored in the model"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -91,7 +95,7 @@ def main():
         diffusion=DiffusionConfig(prediction_type="sample", noise=args.noise),
         defaults={
             "noise_level": args.noise_level,
-            "steps": 10,
+            "steps": args.default_steps,
             "eta": 0.0,
             "smoothing": args.smoothing,
         },
@@ -130,6 +134,7 @@ def main():
     total_steps = len(history.losses) + previous.get("steps", 0)
     recipe = f"scripts/train_default_models.py --noise {args.noise} --steps {args.steps}"
     recipe += f" --noise-level {args.noise_level} --smoothing {args.smoothing}"
+    recipe += f" --default-steps {args.default_steps}"
     if args.init:
         recipe = f"{previous.get('recipe')}, then {recipe} --seed {args.seed} --init <that model>"
 

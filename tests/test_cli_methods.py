@@ -149,7 +149,10 @@ def test_compare_refuses_unknown_methods_and_models_for_other_methods(
 def test_a_method_without_an_installed_model_says_how_to_get_one(
     phantom_scan_files, tmp_path, monkeypatch, capsys
 ):
+    from napari_uad.models import registry
+
     monkeypatch.setenv("NAPARI_UAD_MODELS", str(tmp_path / "empty"))
+    monkeypatch.setattr(registry, "PACKAGE_MODELS", tmp_path / "none shipped")
     args = ["restore", str(phantom_scan_files["scan"]), "--method", "madad"]
     assert main([*args, "--out", str(tmp_path / "o")]) == 2
     error = capsys.readouterr().err

@@ -65,7 +65,7 @@ class MADADTrainer(Trainer):
             diffusion=DiffusionConfig(
                 num_train_timesteps=10, beta_schedule="cosine", prediction_type="sample"
             ),
-            defaults={"steps": 10, "eta": 0.5, "smoothing": 3},
+            defaults={"steps": 10, "eta": 0.5},
             components={"vae": {"kind": "vae", "config": vae.to_dict(), "scale": 1.0}},
         )
 
