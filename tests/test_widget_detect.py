@@ -73,7 +73,8 @@ def test_detect_kwargs_without_qt():
 
 def test_methods_listed_and_unavailable_ones_greyed(make_napari_viewer, models_dir):
     from napari_uad.methods import get_method_class
-    from napari_uad.models.registry import list_models
+    from napari_uad.models.checkpoint import load_config
+    from napari_uad.models.registry import list_models, resolve_model
 
     availability = dict(method_availability())
     installed = list_models()
@@ -92,7 +93,13 @@ def test_methods_listed_and_unavailable_ones_greyed(make_napari_viewer, models_d
     models = [widget.model_combo.itemText(i) for i in range(widget.model_combo.count())]
     assert "tiny" in models and "anoddpm-gaussian (default)" in models
     assert widget.model_combo.currentText() == "anoddpm-gaussian (default)"
-    assert "threshold 0.0607" in widget.model_label.text()
+    gaussian = load_config(resolve_model("anoddpm-gaussian"))
+    assert f"threshold {gaussian.calibration['threshold']:.3g}" in widget.model_label.text()
+    # Each method shows its own calibrated threshold on the same model.
+    widget.set_params(method="thor")
+    thor = gaussian.calibration["methods"]["thor"]["threshold"]
+    assert f"threshold {thor:.3g}" in widget.model_label.text()
+    widget.set_params(method="anoddpm")
     # Selecting the tiny model loads its own defaults (noise level 100, 5 steps).
     widget.set_params(model="tiny")
     assert (widget.noise_level_spin.value(), widget.steps_spin.value()) == (100, 5)

@@ -163,12 +163,17 @@ class Method(ABC):
 
     def calibrated_threshold(self) -> float | None:
         """The model's healthy threshold for this method's maps (None when not calibrated)."""
-        calibration = self.config.calibration or {}
+        return self.calibrated_threshold_of(self.config)
+
+    @classmethod
+    def calibrated_threshold_of(cls, config) -> float | None:
+        """This method's healthy threshold stored in a model ``config`` (None when none)."""
+        calibration = config.calibration or {}
         per_method = calibration.get("methods", {})
-        if isinstance(per_method, dict) and isinstance(per_method.get(self.name), dict):
-            value = per_method[self.name].get("threshold")
+        if isinstance(per_method, dict) and isinstance(per_method.get(cls.name), dict):
+            value = per_method[cls.name].get("threshold")
             return None if value is None else float(value)
-        if self.is_own_model(self.config):
+        if cls.is_own_model(config):
             value = calibration.get("threshold")
             return None if value is None else float(value)
         return None

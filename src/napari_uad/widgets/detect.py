@@ -167,16 +167,20 @@ def _models_for(method: str, models) -> list:
     return [info for info in models if method_class.accepts(info.method)]
 
 
-def model_description(info, *, full: bool = False) -> str:
-    """A line about a model for the widget: noise, grid, calibration (``full``: also the
-    training steps and where it was found)."""
+def model_description(info, *, method: str | None = None, full: bool = False) -> str:
+    """A line about a model for the widget: noise, grid, the calibrated threshold (``method``'s
+    own when given) and, with ``full``, the training steps and where it was found."""
+    from ..methods import get_method_class
     from ..models.checkpoint import load_config
 
     try:
         config = load_config(info.path)
     except Exception as error:  # a broken model must not break the widget
         return f"unreadable model: {error_text(error)}"
-    calibrated = config.calibration.get("threshold")
+    if method is None:
+        calibrated = config.calibration.get("threshold")
+    else:
+        calibrated = get_method_class(method).calibrated_threshold_of(config)
     parts = [f"{info.noise} noise", f"{info.grid} px"]
     parts.append(f"threshold {calibrated:.3g}" if calibrated is not None else "not calibrated")
     if full:
@@ -493,11 +497,11 @@ class DetectWidget(QWidget):
             for widget in (self.noise_combo, self.noise_level_spin, self.steps_spin):
                 widget.setEnabled(False)
             return
-        self.model_label.setText(model_description(info))
-        self.model_label.setToolTip(model_description(info, full=True))
+        method = self.method_combo.currentData(Qt.ItemDataRole.UserRole)
+        self.model_label.setText(model_description(info, method=method))
+        self.model_label.setToolTip(model_description(info, method=method, full=True))
         try:
             config = load_config(info.path)
-            method = self.method_combo.currentData(Qt.ItemDataRole.UserRole)
             method_class = get_method_class(method)
             defaults = method_class.defaults_for_config(config)
         except Exception as error:
