@@ -246,7 +246,7 @@ def plot(rows, path: Path) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel("seconds per slice (CPU)")
     ax.set_ylabel("voxel AUROC (all lesion kinds)")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="lower left")
     figure.savefig(path, dpi=120)
     return path
 

@@ -14,7 +14,8 @@ def card(folder: Path) -> str:
     training = config.get("training", {})
     calibration = config.get("calibration", {})
     unet = config["unet"]
-    size_mb = (folder / "model.safetensors").stat().st_size / 1e6
+    size_mb = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e6
+    parts = ["model", *config.get("components", {})]
     diffusion = config["diffusion"]
     rows = [
         ("method", config["method"]),
@@ -25,7 +26,7 @@ def card(folder: Path) -> str:
             "network",
             f"UNet, widths {[unet['base_channels'] * m for m in unet['channel_mults']]}, "
             f"{unet['num_res_blocks']} res block(s) per level, attention at the "
-            f"coarsest level; {size_mb:.1f} MB (float16)",
+            f"coarsest level; {' + '.join(parts)}: {size_mb:.1f} MB in all (float16)",
         ),
         ("grid", f"{config['grid']} x {config['grid']}"),
         (
@@ -70,7 +71,10 @@ def main():
         "Small default models, trained on healthy data only. Every number below is read from the "
         "model's own `config.json` (`python scripts/write_model_cards.py` regenerates this page). "
         "Reproduce a model from scratch with the `recipe` command (needs `pip install "
-        "nilearn`; CPU, 2 cores).",
+        "nilearn`; CPU, 2 cores), or all of them with `python "
+        "scripts/reproduce_default_models.py` (resumable). The defaults each model stores "
+        "were chosen on [benchmarks.md](benchmarks.md), where every model's detection and "
+        "speed are measured.",
         "",
         "Why x0-prediction and t <= 500: on this compute budget (about a thousand training "
         "steps) direct restoration objectives converge far faster than epsilon-prediction, and "

@@ -315,6 +315,19 @@ def test_init_fine_tunes_from_an_existing_model(slices, tmp_path):
         _trainer(slices, tmp_path, "disyre", 5, name="x", init=str(base.model_dir))
 
 
+def test_mid_run_checkpoints_keep_the_training_time(slices, tmp_path):
+    trainer = _trainer(slices, tmp_path, "ddpm", 4, checkpoint_every=2)
+    updates = trainer.iter_run()
+    for update in updates:
+        if update.checkpoint:
+            _, metadata = load_state(tmp_path / "m" / STATE_NAME)
+            assert 0 < metadata["seconds"] <= update.seconds + 1e-6
+            break
+    updates.close()
+    _, metadata = load_state(tmp_path / "m" / STATE_NAME)
+    assert metadata["seconds"] >= update.seconds  # counted once, not twice or never
+
+
 def test_addm_fine_tunes_a_ddpm_into_an_addm_model(slices, tmp_path):
     base = _trainer(slices, tmp_path, "ddpm", 10, name="base").run()
     base_model, base_config = load_checkpoint(base.model_dir)

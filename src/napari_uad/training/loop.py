@@ -347,7 +347,7 @@ class Trainer(ABC):
         checkpoint first, so the run can be resumed. The return value (``StopIteration.value``)
         is a :class:`TrainResult`.
         """
-        started = time.perf_counter()
+        started = clock = time.perf_counter()  # clock: time not yet in seconds_before
         first = self.step
         stopped = False
         current_stage = None
@@ -370,6 +370,8 @@ class Trainer(ABC):
                 self.losses.append(losses["loss"])
                 checkpoint = preview = None
                 if self._due(self.settings.checkpoint_every) and self.step < self.settings.steps:
+                    now = time.perf_counter()
+                    self.seconds_before, clock = self.seconds_before + now - clock, now
                     checkpoint = self.save()
                 if self._due(self.settings.preview_every) or self.step == self.settings.steps:
                     preview = self.preview(*self._preview_slices())
@@ -385,11 +387,11 @@ class Trainer(ABC):
                     checkpoint=str(checkpoint) if checkpoint else None,
                 )
         except GeneratorExit:
-            self.seconds_before += time.perf_counter() - started
+            self.seconds_before += time.perf_counter() - clock
             if not sys.is_finalizing():  # an abandoned run at interpreter exit saves nothing
                 self.save()
             raise
-        self.seconds_before += time.perf_counter() - started
+        self.seconds_before += time.perf_counter() - clock
         threshold = None
         if not stopped and self.settings.calibrate:
             threshold = self.calibrate()
