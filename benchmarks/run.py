@@ -229,7 +229,7 @@ def plot(rows, path: Path) -> Path:
     matplotlib.use("Agg")
     from matplotlib.figure import Figure
 
-    figure = Figure(figsize=(6.4, 4.2), layout="constrained")
+    figure = Figure(figsize=(8.4, 4.2), layout="constrained")
     ax = figure.add_subplot()
     runs = dict.fromkeys((r["method"], r["model"]) for r in rows if r["method"] != "baseline")
     for method, model in runs:
@@ -246,7 +246,7 @@ def plot(rows, path: Path) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel("seconds per slice (CPU)")
     ax.set_ylabel("voxel AUROC (all lesion kinds)")
-    ax.legend(fontsize=8, loc="lower left")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1))
     figure.savefig(path, dpi=120)
     return path
 
