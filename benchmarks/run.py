@@ -295,10 +295,11 @@ def to_markdown(
     if schedules:
         lines += [
             "",
-            "## Default settings against the papers' full schedule",
+            "## Default settings against every denoising step",
             "",
-            "The same model, every denoising step from the default noise level (`steps=full`), "
-            "against its default (strided) schedule, in the run above.",
+            "The same model run with every denoising step from its default noise level "
+            "(`steps=full`, the papers' sampling at that level), against its default strided "
+            "schedule, in the run above.",
             "",
             *schedule_markdown(schedules),
         ]

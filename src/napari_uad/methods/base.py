@@ -108,9 +108,9 @@ class Method(ABC):
                 f"model {config.name!r} maps {found[0]}-channel images to {found[1]} channels; "
                 f"{self.name} needs {expected[0]} to {expected[1]}"
             )
+        self.model = model
         self.config = config
         self.device = torch.device(device) if device is not None else torch.device("cpu")
-        self.model = model
 
     @classmethod
     def from_checkpoint(cls, folder, *, device="cpu") -> Method:
