@@ -95,14 +95,21 @@ class AnoDDPM(Method):
         return torch.cat(noise).to(like.device, like.dtype)
 
     def _restore_batch(self, images, masks, params, generators):
-        kind = params["noise"]
-        eta = float(params["eta"])
-        sample = yield from self._denoise(
-            images * 2 - 1, self.timesteps(params), kind, eta, generators
-        )
-        healthy = ((sample + 1) / 2).clamp(0, 1) * masks
+        healthy = yield from self._reconstruct(images, masks, params, generators)
         anomaly = residual_map(images, healthy, masks, smoothing=int(params["smoothing"]))
         return healthy, anomaly
+
+    def _reconstruct(self, images, masks, params, generators):
+        """Noise the [0, 1] slices to ``noise_level`` and denoise them with ``params``'s
+        schedule: the pseudo-healthy slices in [0, 1], 0 outside the brain."""
+        sample = yield from self._denoise(
+            images * 2 - 1,
+            self.timesteps(params),
+            params["noise"],
+            float(params["eta"]),
+            generators,
+        )
+        return ((sample + 1) / 2).clamp(0, 1) * masks
 
     def _denoise(self, clean, timesteps, kind, eta, generators):
         """Noise ``clean`` ([-1, 1]) to ``timesteps[0]`` and denoise along ``timesteps``;

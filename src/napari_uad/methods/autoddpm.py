@@ -106,10 +106,7 @@ class AutoDDPM(AnoDDPM):
         kind = params["noise"]
         eta = float(params["eta"])
         # 1. Masking restoration (AnoDDPM) and likelihood map.
-        reconstruction = yield from self._denoise(
-            images * 2 - 1, self.timesteps(params), kind, eta, generators
-        )
-        reconstruction = ((reconstruction + 1) / 2).clamp(0, 1) * masks
+        reconstruction = yield from self._reconstruct(images, masks, params, generators)
         likelihood = likelihood_map(
             self.model,
             images,
