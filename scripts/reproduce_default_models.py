@@ -49,10 +49,12 @@ SHIPPED_DEFAULTS = {
     "addm": {"noise_level": 25, "steps": 2, "smoothing": 9},
     "madad": {"sigma": 6.0},
 }
+#: Components a shipped model leaves out (inference does not need them).
+NOT_SHIPPED = {"addm": ["discriminator"]}
 #: Methods calibrated on each shipped model.
 CALIBRATE = {
-    "anoddpm-gaussian": "autoddpm,thor",
-    "anoddpm-simplex": "autoddpm,thor",
+    "anoddpm-gaussian": "anoddpm,autoddpm,thor",
+    "anoddpm-simplex": "anoddpm,autoddpm,thor",
     "disyre": "disyre",
     "addm": "addm",
     "madad": "madad",
@@ -63,7 +65,7 @@ def _ddpm_stages(noise: str, restore_level: int, work: Path) -> list[tuple[list[
     """The three stages of a shipped DDPM (train_default_models.py's recipe)."""
     script = [PY, str(SCRIPTS / "train_default_models.py"), "--noise", noise]
     first, second = work / f"anoddpm-{noise}-1", work / f"anoddpm-{noise}-2"
-    shipped = WEIGHTS / f"anoddpm-{noise}"
+    final = work / f"anoddpm-{noise}"
     return [
         ([*script, "--steps", "1000", "--out", str(first)], first),
         (
@@ -73,8 +75,8 @@ def _ddpm_stages(noise: str, restore_level: int, work: Path) -> list[tuple[list[
         ),
         (
             [*script, "--steps", "0", "--noise-level", str(restore_level), "--smoothing", "9"]
-            + ["--default-steps", "2", "--seed", "1", "--init", str(second), "--out", str(shipped)],
-            shipped,
+            + ["--default-steps", "2", "--seed", "1", "--init", str(second), "--out", str(final)],
+            final,
         ),
     ]
 
@@ -186,27 +188,17 @@ def main():
                 print(f"{name}: {out} is done, skipped")
                 continue
             _run(_resumable(command, out), threads=args.threads, dry_run=args.dry_run)
-        if name in ("disyre", "addm", "madad"):
-            ship = [PY, str(SCRIPTS / "ship_model.py"), str(stages[-1][1]), name]
-            ship += ["--defaults", json.dumps(SHIPPED_DEFAULTS[name])]
-            ship += ["--drop", "discriminator"] if name == "addm" else []
-            ship += ["--recipe", _recipe_text(stages, work)]
-            _run(ship, threads=None, dry_run=args.dry_run)
-        elif SHIPPED_DEFAULTS.get(name):
-            if not args.dry_run:
-                _merge_defaults(WEIGHTS / name, SHIPPED_DEFAULTS[name])
+        # Every run is shipped the same way: float16, the chosen defaults, the recipe; then
+        # calibrated for every method that runs on it.
+        ship = [PY, str(SCRIPTS / "ship_model.py"), str(stages[-1][1]), name]
+        ship += ["--defaults", json.dumps(SHIPPED_DEFAULTS.get(name, {}))]
+        for component in NOT_SHIPPED.get(name, []):
+            ship += ["--drop", component]
+        ship += ["--recipe", _recipe_text(stages, work)]
+        _run(ship, threads=None, dry_run=args.dry_run)
         calibrate = [PY, str(SCRIPTS / "calibrate_methods.py"), "--model", str(WEIGHTS / name)]
         _run([*calibrate, "--methods", CALIBRATE[name]], threads=None, dry_run=args.dry_run)
     print("done: python scripts/write_model_cards.py rewrites docs/models.md")
-
-
-def _merge_defaults(folder: Path, updates: dict) -> None:
-    from napari_uad.io.atomic import atomic_write_text
-
-    path = folder / "config.json"
-    config = json.loads(path.read_text())
-    config["defaults"] = {**config["defaults"], **updates}
-    atomic_write_text(path, json.dumps(config, indent=2) + "\n")
 
 
 if __name__ == "__main__":

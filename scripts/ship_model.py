@@ -7,7 +7,8 @@ Usage::
 
 Writes ``src/napari_uad/weights/NAME/`` (or ``--out``): the run's EMA weights and the
 components inference needs, stored as float16 (loaded back as float32), the config with
-``--defaults`` merged into its defaults and the recipe in its model card. The calibration
+``--defaults`` merged into its defaults (by top-level key: a method's nested entry is
+replaced whole) and the recipe in its model card. The calibration
 starts empty: run ``scripts/calibrate_methods.py --model NAME --methods ...`` next (as
 ``scripts/reproduce_default_models.py`` does). The run folder is left untouched.
 """
