@@ -390,6 +390,7 @@ def write_outputs(
 ) -> None:
     """The page, the plot and the rows as JSON (``--from-json`` rewrites the first two)."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    threads = threads or torch.get_num_threads()
     figure = out.with_name("benchmarks_auroc_speed.png")
     plot(rows, figure)
     peak_mb = peak_memory_mb() if peak_mb is None else peak_mb
@@ -402,7 +403,7 @@ def write_outputs(
         peak_mb=peak_mb,
         note=note,
         targets=targets,
-        threads=threads or torch.get_num_threads(),
+        threads=threads,
     )
     atomic_write_text(out, text)
     record = {
@@ -411,7 +412,7 @@ def write_outputs(
         "device": device,
         "peak_mb": round(peak_mb),
         "note": note,
-        "threads": threads or torch.get_num_threads(),
+        "threads": threads,
         "rows": rows,
         "targets": list(targets),
     }
