@@ -31,7 +31,7 @@ from qtpy.QtWidgets import (
 
 from ..display import from_display, to_display
 from ._common import error_text, layer_metadata, scan_from_layer, show_error, show_info
-from .detect import DetectError, method_availability
+from .detect import method_availability, reports_errors
 
 #: Table columns shown in the widget (all are in the saved CSV).
 SHOWN_COLUMNS = ("method", "auroc", "ap", "best_dice", "nfe_per_slice", "seconds_per_slice")
@@ -61,41 +61,37 @@ class CompareOutcome:
     slice_index: int | None = None
 
 
+@reports_errors
 def compare_job(scan, methods, kwargs: dict, *, truth=None, should_stop=None):
     """Generator run by the widget's worker: yields :class:`CompareUpdate`, returns a
-    :class:`CompareOutcome`. GUI-free; errors come back as :class:`DetectError` lines."""
+    :class:`CompareOutcome`. GUI-free; errors come back as :class:`~.detect.DetectError` lines."""
     from ..compare import iter_compare
 
     started = time.perf_counter()
     names = list(methods)
-    try:
-        generator = iter_compare(scan, names, truth=truth, should_stop=should_stop, **kwargs)
-        while True:
-            try:
-                update = next(generator)
-            except StopIteration as finished:
-                comparison = finished.value
-                break
-            index = next((i for i, m in enumerate(names) if update.message.startswith(m)), 0)
-            yield CompareUpdate(
-                index,
-                len(names),
-                update.message,
-                update.done,
-                update.total,
-                time.perf_counter() - started,
-            )
-        anomalies = {
-            run.method: np.ascontiguousarray(to_display(run.detection.anomaly, scan.affine)[0])
-            for run in comparison.runs
-        }
-        slices = kwargs.get("slices")
-        shown = int(slices[0]) if slices and len(slices) == 1 else None
-        return CompareOutcome(comparison, scan, truth, anomalies, slice_index=shown)
-    except GeneratorExit:
-        raise
-    except Exception as error:
-        raise DetectError(error_text(error)) from error
+    generator = iter_compare(scan, names, truth=truth, should_stop=should_stop, **kwargs)
+    while True:
+        try:
+            update = next(generator)
+        except StopIteration as finished:
+            comparison = finished.value
+            break
+        index = next((i for i, m in enumerate(names) if update.message.startswith(m)), 0)
+        yield CompareUpdate(
+            index,
+            len(names),
+            update.message,
+            update.done,
+            update.total,
+            time.perf_counter() - started,
+        )
+    anomalies = {
+        run.method: np.ascontiguousarray(to_display(run.detection.anomaly, scan.affine)[0])
+        for run in comparison.runs
+    }
+    slices = kwargs.get("slices")
+    shown = int(slices[0]) if slices and len(slices) == 1 else None
+    return CompareOutcome(comparison, scan, truth, anomalies, slice_index=shown)
 
 
 class CompareWidget(QWidget):

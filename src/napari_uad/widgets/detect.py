@@ -9,6 +9,7 @@ before the worker starts and written only in slots that run on the main thread.
 from __future__ import annotations
 
 import enum
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Literal
@@ -242,6 +243,23 @@ class DetectError(Exception):
     """A failure inside the worker, carried to the main thread as a one-line message."""
 
 
+def reports_errors(job):
+    """Wrap a worker's generator so that any failure comes out as one :class:`DetectError`
+    line; closing the generator (cancellation) passes through untouched."""
+
+    @functools.wraps(job)
+    def wrapper(*args, **kwargs):
+        try:
+            return (yield from job(*args, **kwargs))
+        except GeneratorExit:
+            raise
+        except Exception as error:
+            raise DetectError(error_text(error)) from error
+
+    return wrapper
+
+
+@reports_errors
 def detect_job(scan, kwargs: dict, *, should_stop=None, preview_interval_s=PREVIEW_INTERVAL_S):
     """Generator run by the widget's ``thread_worker``: yields :class:`DetectUpdate`, returns
     a :class:`DetectOutcome`.
@@ -266,44 +284,39 @@ def detect_job(scan, kwargs: dict, *, should_stop=None, preview_interval_s=PREVI
     from ..preprocess import from_model_grid, prepare_volume
 
     started = time.perf_counter()
-    try:
-        yield DetectUpdate(0, 0, 0.0, message="loading model")
-        loaded = load_method(
-            kwargs["method"],
-            kwargs.get("model"),
-            noise=kwargs.get("noise"),
-            device=kwargs["device"],
-        )
-        config = loaded.method.config
-        prepared = prepare_volume(
-            scan,
-            brain_mask=kwargs.get("brain_mask"),
-            grid=config.grid,
-            lower_percentile=config.preprocessing.get("lower_percentile", 1.0),
-            upper_percentile=config.preprocessing.get("upper_percentile", 99.0),
-        )
-        low, high = prepared.intensity_range
-        generator = iter_detect(scan, should_stop=should_stop, **kwargs)
-        last_preview = 0.0
-        while True:
-            try:
-                progress = next(generator)
-            except StopIteration as finished:
-                return DetectOutcome.from_detection(finished.value, scan.affine)
-            now = time.perf_counter()
-            planes = None
-            if progress.preview is not None and now - last_preview >= preview_interval_s:
-                last_preview = now
-                ras = from_model_grid(progress.preview, prepared.geometry)
-                planes = {
-                    int(z): (ras[:, :, i].T[::-1, ::-1] * (high - low) + low).astype(np.float32)
-                    for i, z in enumerate(progress.slice_ids)
-                }
-            yield DetectUpdate(progress.done, progress.total, now - started, planes)
-    except GeneratorExit:
-        raise
-    except Exception as error:
-        raise DetectError(error_text(error)) from error
+    yield DetectUpdate(0, 0, 0.0, message="loading model")
+    loaded = load_method(
+        kwargs["method"],
+        kwargs.get("model"),
+        noise=kwargs.get("noise"),
+        device=kwargs["device"],
+    )
+    config = loaded.method.config
+    prepared = prepare_volume(
+        scan,
+        brain_mask=kwargs.get("brain_mask"),
+        grid=config.grid,
+        lower_percentile=config.preprocessing.get("lower_percentile", 1.0),
+        upper_percentile=config.preprocessing.get("upper_percentile", 99.0),
+    )
+    low, high = prepared.intensity_range
+    generator = iter_detect(scan, should_stop=should_stop, **kwargs)
+    last_preview = 0.0
+    while True:
+        try:
+            progress = next(generator)
+        except StopIteration as finished:
+            return DetectOutcome.from_detection(finished.value, scan.affine)
+        now = time.perf_counter()
+        planes = None
+        if progress.preview is not None and now - last_preview >= preview_interval_s:
+            last_preview = now
+            ras = from_model_grid(progress.preview, prepared.geometry)
+            planes = {
+                int(z): (ras[:, :, i].T[::-1, ::-1] * (high - low) + low).astype(np.float32)
+                for i, z in enumerate(progress.slice_ids)
+            }
+        yield DetectUpdate(progress.done, progress.total, now - started, planes)
 
 
 class DetectWidget(QWidget):
