@@ -149,6 +149,44 @@ def write_labels(path: str, data, meta: dict) -> list[str]:
     return _write_layer(path, data, meta, dtype)
 
 
+#: Ground truth is drawn as a cyan outline, detected lesions filled in magenta: the two never
+#: share a colour, and neither is a colour of the hot heatmap.
+TRUTH_COLOUR = "#00e5ff"
+LESION_COLOUR = "#ff3df5"
+
+
+def single_colour_labels(colour: str):
+    """A labels colormap drawing every non-zero label in ``colour`` (None on old napari)."""
+    try:
+        from napari.utils.colormaps import DirectLabelColormap
+
+        return DirectLabelColormap(color_dict={None: colour, 0: "transparent"})
+    except (ImportError, TypeError, ValueError):  # older napari: keep its default colours
+        return None
+
+
+def colour_labels(layer, colour: str) -> None:
+    """Draw every non-zero label of a labels layer in one colour (where napari allows it)."""
+    colormap = single_colour_labels(colour)
+    if colormap is not None:
+        layer.colormap = colormap
+
+
+def truth_style() -> dict:
+    """Keyword arguments of ``viewer.add_labels`` for a ground-truth mask, drawn in cyan (call
+    :func:`outline_labels` on the layer to draw it as an outline)."""
+    style = {"opacity": 0.9}
+    colormap = single_colour_labels(TRUTH_COLOUR)
+    if colormap is not None:
+        style["colormap"] = colormap
+    return style
+
+
+def outline_labels(layer, width: int = 1) -> None:
+    """Draw a labels layer as outlines of ``width`` pixels, so what lies under it shows."""
+    layer.contour = width
+
+
 def _sample(name: str, label: str) -> list[tuple]:
     from .samples import sample_path
 
@@ -157,7 +195,7 @@ def _sample(name: str, label: str) -> list[tuple]:
         truth = scan_layer(
             read_scan(sample_path("lesion_truth")), name="lesion truth", kind="labels"
         )
-        truth[1].update(opacity=0.6)
+        truth[1].update(truth_style())
         layers.append(truth)
     return layers
 

@@ -23,6 +23,21 @@ EXIT_BAD_INPUT = 2
 THREADS_HELP = "CPU threads for the networks (default: $NAPARI_UAD_THREADS, else all cores)"
 
 
+class _DefaultsHelp(argparse.HelpFormatter):
+    """Help that shows each option's default, unless it has none or its help already says it."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (
+            "default" in text
+            or default in (None, False, [], argparse.SUPPRESS)
+            or action.option_strings == []
+        ):
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class UsageError(Exception):
     """A problem with the user's input: reported in one line, exit code 2."""
 
@@ -38,26 +53,71 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     restore = commands.add_parser(
-        "restore", help="pseudo-healthy image, anomaly map and lesion mask for scans"
+        "restore",
+        help="pseudo-healthy image, anomaly map and lesion mask for scans",
+        description="Run a method over scans. For each INPUT it writes <stem>_healthy.nii.gz, "
+        "<stem>_anomaly.nii.gz, <stem>_mask.nii.gz and <stem>.json to --out, on the input's "
+        "grid and affine. Unset options take the method's defaults stored with its model "
+        "(docs/methods.md). The progress bar counts network evaluations of a batch of slices.",
+        formatter_class=_DefaultsHelp,
     )
-    restore.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI scans (.nii, .nii.gz)")
-    restore.add_argument("--method", required=True, choices=METHOD_NAMES)
-    restore.add_argument("--model", help="model name or checkpoint folder (default: shipped)")
-    restore.add_argument("--noise", choices=("gaussian", "simplex"))
-    restore.add_argument("--noise-level", type=int, metavar="T", help="timestep to noise to")
-    restore.add_argument("--steps", type=int, metavar="N", help="denoising steps (NFE)")
-    restore.add_argument("--eta", type=float, help="0: DDIM (deterministic), 1: DDPM")
-    restore.add_argument("--smoothing", type=int, help="median filter size for the map (0: off)")
-    restore.add_argument("--device", default="auto", help="auto, cpu, cuda, mps (default: auto)")
-    restore.add_argument("--seed", type=int, default=0)
+    restore.add_argument(
+        "inputs",
+        nargs="+",
+        metavar="INPUT",
+        help="scans: NIfTI (.nii, .nii.gz), a DICOM series (folder or one .dcm file), or a 2-D "
+        "PNG/TIFF image",
+    )
+    restore.add_argument(
+        "--method",
+        required=True,
+        choices=METHOD_NAMES,
+        metavar="NAME",
+        help=f"one of {', '.join(METHOD_NAMES)} (disyre finds tumours best; docs/methods.md)",
+    )
+    restore.add_argument(
+        "--model", help="model name or checkpoint folder (default: the method's shipped model)"
+    )
+    restore.add_argument(
+        "--noise",
+        choices=("gaussian", "simplex"),
+        help="noise type (DDPM methods; default: model's)",
+    )
+    restore.add_argument(
+        "--noise-level", type=int, metavar="T", help="timestep to noise to (default: model's)"
+    )
+    restore.add_argument(
+        "--steps", type=int, metavar="N", help="denoising steps = NFE per slice (default: model's)"
+    )
+    restore.add_argument(
+        "--eta", type=float, metavar="E", help="0: DDIM (deterministic), 1: DDPM (default: model's)"
+    )
+    restore.add_argument(
+        "--smoothing",
+        type=int,
+        metavar="K",
+        help="median filter size for the map, 0: off (default: model's)",
+    )
+    restore.add_argument(
+        "--device", default="auto", metavar="DEVICE", help="auto, cpu, cuda or mps"
+    )
+    restore.add_argument("--seed", type=int, default=0, metavar="S", help="seed of all randomness")
     restore.add_argument(
         "--brain-mask",
         action="append",
         metavar="PATH|auto",
-        help="brain mask per input (repeat for several inputs); 'auto' estimates it",
+        help="brain mask per input (repeat for several inputs); 'auto' (default) estimates it",
     )
-    restore.add_argument("--threshold", default="auto", metavar="auto|VALUE")
-    restore.add_argument("--min-size", type=int, default=0, help="smallest lesion in voxels")
+    restore.add_argument(
+        "--threshold",
+        default="auto",
+        metavar="auto|VALUE",
+        help="lesion threshold on the map; 'auto': the model's threshold calibrated on "
+        "healthy scans",
+    )
+    restore.add_argument(
+        "--min-size", type=int, default=0, metavar="VOXELS", help="smallest lesion in voxels"
+    )
     restore.add_argument(
         "--erode-brain",
         type=int,
@@ -65,10 +125,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="erode the brain mask by N voxels before scoring (silences the brain edge)",
     )
-    restore.add_argument("--batch-size", type=int, default=8)
+    restore.add_argument(
+        "--batch-size", type=int, default=8, metavar="B", help="slices per network call"
+    )
     restore.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     _add_sampling_arguments(restore)
-    restore.add_argument("--out", required=True, type=Path, metavar="DIR")
+    restore.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     restore.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
     compare = commands.add_parser(
@@ -123,7 +185,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--threshold",
         metavar="auto|VALUE",
         default="auto",
-        help="threshold for Dice; 'auto' reads it from <stem>.json beside the map",
+        help="threshold of 'Dice at threshold'; 'auto' reads the one restore used from "
+        "<stem>.json beside the map (the table then names it)",
     )
     evaluate.add_argument("--json", type=Path, metavar="PATH", help="also write metrics as JSON")
 
@@ -163,7 +226,7 @@ def _add_sampling_arguments(parser, *, method_params: bool = True) -> None:
 
 
 def _add_train_parser(commands) -> None:
-    from .training.api import TRAINER_NAMES
+    from .training import TRAINER_NAMES
 
     train = commands.add_parser(
         "train",
@@ -255,7 +318,7 @@ def _restore(args) -> int:
 
     from .io import nifti_stem, read_mask, read_scan, write_nifti
     from .io.atomic import atomic_write_text
-    from .pipeline import detect, parse_threshold
+    from .pipeline import detect, load_method, parse_threshold
 
     threshold = parse_threshold(args.threshold)
     masks = args.brain_mask or []
@@ -276,7 +339,6 @@ def _restore(args) -> int:
     given = [*args.inputs, *(m for m in masks if m != "auto")]
     for outputs in planned:
         _check_outputs(outputs.values(), given, args.out, overwrite=args.overwrite)
-    args.out.mkdir(parents=True, exist_ok=True)
     params = {
         "noise": args.noise,
         "noise_level": args.noise_level,
@@ -286,7 +348,12 @@ def _restore(args) -> int:
     }
     params = {k: v for k, v in params.items() if v is not None}
     params.update(_parse_options(args.param, flag="--param"))
+    _say(f"loading the {args.method} model{f' {args.model}' if args.model else ''} (torch)...")
+    loaded = load_method(args.method, args.model, noise=params.get("noise"), device=args.device)
+    _say(f"model {loaded.model_name} on {loaded.method.device}")
+    args.out.mkdir(parents=True, exist_ok=True)
     for index, (path, stem, outputs) in enumerate(zip(args.inputs, stems, planned, strict=True)):
+        _say(f"reading {path}")
         scan = read_scan(path)
         mask_arg = masks[index] if len(masks) == len(args.inputs) else (masks[0] if masks else None)
         brain_mask = None if mask_arg in (None, "auto") else read_mask(mask_arg, like=scan)
@@ -294,7 +361,7 @@ def _restore(args) -> int:
 
         def progress(update, bars=bars, stem=stem):
             if not bars:
-                bars.append(tqdm(total=update.total, desc=f"{stem} ({args.method})", unit="NFE"))
+                bars.append(tqdm(total=update.total, desc=f"{stem} ({args.method})", unit="step"))
             bars[0].update(update.done - bars[0].n)
 
         try:
@@ -336,6 +403,11 @@ def _restore(args) -> int:
             f"-> {args.out}"
         )
     return 0
+
+
+def _say(message: str) -> None:
+    """A status line on stderr (beside the progress bars), for the seconds before they start."""
+    print(f"napari-uad: {message}", file=sys.stderr, flush=True)
 
 
 def _output_paths(out: Path, stem: str, *, uncertainty: bool = False) -> dict[str, Path]:
@@ -395,7 +467,7 @@ def _compare(args) -> int:
         if bar is None:
             for previous in bars.values():
                 previous.close()
-            bar = bars[update.message] = tqdm(total=update.total, desc=update.message, unit="NFE")
+            bar = bars[update.message] = tqdm(total=update.total, desc=update.message, unit="step")
         bar.update(update.done - bar.n)
 
     try:

@@ -20,6 +20,7 @@ def overview_figure(
     scale_bar_mm: float = 20.0,
     dpi: int = 150,
     colorbar: bool = True,
+    title: str | None = None,
 ) -> Path:
     """Save a 4-panel figure of one axial slice: scan, pseudo-healthy, anomaly map, lesion mask.
 
@@ -40,9 +41,12 @@ def overview_figure(
         Resolution of raster output (and of raster parts of SVG/PDF).
     colorbar : bool
         Draw the anomaly score colour bar.
+    title : str, optional
+        Figure title (``{slice}`` is replaced by the slice index); by default the method, model,
+        slice and threshold.
     """
     provenance = detection.provenance
-    title = (
+    title = title or (
         f"{provenance['method']} ({provenance['model']}), axial slice {{slice}}, "
         f"threshold {detection.threshold:.3g}"
     )
@@ -141,6 +145,8 @@ def comparison_figure(
                 truth_display[slice_index] > 0, levels=[0.5], colors="lime", linewidths=1.0
             )
             row[3].set_title(row[3].get_title() + " (truth: green)", fontsize=9)
+    for ax in axes[:, 0]:
+        _side_marks(ax, image.shape[1:])
     if scale_bar_mm > 0:
         _scale_bar(axes[0, 0], image.shape[1:], scale_bar_mm, mm_per_pixel=scale[2])
     figure.suptitle((title or "axial slice {slice}").format(slice=slice_index), fontsize=10)
@@ -320,6 +326,7 @@ def methods_figure(
         if has_outline:
             axes[2, column].contour(outline, levels=[0.5], colors="lime", linewidths=1.0)
         axes[2, column].set_title(f"lesions (threshold {detection.threshold:.3g})", fontsize=8)
+    _side_marks(axes[0, 0], plane.shape)
     if scale_bar_mm > 0:
         _scale_bar(axes[0, 0], plane.shape, scale_bar_mm, mm_per_pixel=scale[2])
     figure.suptitle((title or "axial slice {slice}").format(slice=slice_index), fontsize=10)
@@ -334,6 +341,23 @@ def _scale_bar(ax, shape, length_mm: float, *, mm_per_pixel: float) -> None:
     start = width * 0.05
     ax.plot([start, start + length_mm / mm_per_pixel], [height * 0.94] * 2, color="white", lw=3)
     ax.text(start, height * 0.90, f"{length_mm:g} mm", color="white", fontsize=8)
+
+
+def _side_marks(ax, shape) -> None:
+    """ "R" and "L" at the edges of an axial panel (radiological: the patient's right on the
+    left of the image, see :mod:`napari_uad.display`)."""
+    height, width = shape
+    for x, text, align in ((width * 0.02, "R", "left"), (width * 0.98, "L", "right")):
+        ax.text(
+            x,
+            height * 0.5,
+            text,
+            color="white",
+            fontsize=9,
+            ha=align,
+            va="center",
+            fontweight="bold",
+        )
 
 
 def _figure_path(path) -> Path:

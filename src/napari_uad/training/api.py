@@ -17,11 +17,12 @@ from typing import Any
 from ..io import InputError
 from ..models.checkpoint import CheckpointError, load_checkpoint, load_component
 from ..models.registry import resolve_model
+from . import TRAINER_NAMES
 from .dataset import HealthySlices, load_healthy_folder
 from .loop import Trainer, TrainSettings, resume_state
 from .state import STATE_NAME
 
-TRAINER_NAMES = ("ddpm", "addm", "disyre", "madad")
+__all__ = ["TRAINER_NAMES", "create_trainer", "get_trainer_class"]
 
 
 def get_trainer_class(name: str) -> type[Trainer]:

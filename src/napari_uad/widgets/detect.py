@@ -319,6 +319,13 @@ def detect_job(scan, kwargs: dict, *, should_stop=None, preview_interval_s=PREVI
         yield DetectUpdate(progress.done, progress.total, now - started, planes)
 
 
+def _lesion_style() -> dict:
+    from .._napari import LESION_COLOUR, single_colour_labels
+
+    colormap = single_colour_labels(LESION_COLOUR)
+    return {} if colormap is None else {"colormap": colormap}
+
+
 class DetectWidget(QWidget):
     """Dock widget: detect anomalies in an image layer with a diffusion model.
 
@@ -595,8 +602,12 @@ class DetectWidget(QWidget):
         return self.viewer.layers[name] if name in self.viewer.layers else None
 
     # ----------------------------------------------------------------- running
-    def run(self) -> None:
-        """Start detection on the chosen layer (no-op while a run is in progress)."""
+    def run(self, *, threshold: float | None = None) -> None:
+        """Start detection on the chosen layer (no-op while a run is in progress).
+
+        ``threshold`` sets the lesion threshold of this run only (the demo's threshold from the
+        healthy sample); by default the model's calibrated threshold is used.
+        """
         from napari.qt.threading import thread_worker
 
         from ..models.registry import default_model_name
@@ -619,6 +630,8 @@ class DetectWidget(QWidget):
                 )
             kwargs = detect_kwargs(params)
             kwargs.update(self._loaded_scan_inputs(layer, params))
+            if threshold is not None:
+                kwargs["threshold"] = float(threshold)
             from ..device import resolve_device
 
             resolve_device(params.device)
@@ -838,7 +851,7 @@ class DetectWidget(QWidget):
                     "contrast_limits": (high / 4, high),
                 },
             ),
-            ("mask", "labels", outcome.labels, {"opacity": 0.7}),
+            ("mask", "labels", outcome.labels, {"opacity": 0.7, **_lesion_style()}),
         ]
         if outcome.uncertainty is not None:
             spread = outcome.uncertainty[outcome.uncertainty > 0]
@@ -860,7 +873,7 @@ class DetectWidget(QWidget):
                 existing.data = data
                 existing.metadata = metadata
                 existing.scale, existing.translate = scale, translate
-                for key in ("contrast_limits", "visible"):
+                for key in ("contrast_limits", "visible", "colormap"):
                     if key in style:
                         setattr(existing, key, style[key])
                 return

@@ -38,13 +38,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .._napari import outline_labels, truth_style
 from ..cases import LoadedCase, check_slice_range, scan_stem
 from ..io.errors import InputError
 
 SCAN_FILTER = "Scans (*.nii *.nii.gz *.dcm);;All files (*)"
 MASK_FILTER = "NIfTI masks (*.nii *.nii.gz);;All files (*)"
 FRAME_COLOUR = "#ffd200"
-TRUTH_COLOUR = "#00e5ff"
 
 
 def _info(layer) -> dict[str, Any]:
@@ -67,7 +67,7 @@ def companion_layers(viewer, scan_layer) -> dict[str, Any]:
     found = {}
     for layer in viewer.layers:
         info = _info(layer)
-        if layer is not scan_layer and info.get("scan") == source and info.get("role"):
+        if layer.name != scan_layer.name and info.get("scan") == source and info.get("role"):
             found.setdefault(info["role"], layer)
     return found
 
@@ -165,9 +165,8 @@ def add_case_layers(viewer, case: LoadedCase, *, name: str | None = None) -> dic
             scan.with_data(case.truth), name=f"{stem} truth", kind="labels", role="truth"
         )
         kwargs["metadata"]["napari_uad"]["scan"] = source
-        truth = viewer.add_labels(data, opacity=0.9, **kwargs)
-        truth.contour = 1
-        _colour_labels(truth, TRUTH_COLOUR)
+        truth = viewer.add_labels(data, **truth_style(), **kwargs)
+        outline_labels(truth)
         layers["truth"] = truth
 
     layers["slice_range"] = update_slice_frame(viewer, layers["scan"])
@@ -176,16 +175,6 @@ def add_case_layers(viewer, case: LoadedCase, *, name: str | None = None) -> dic
     viewer.dims.set_point(0, ((start + stop - 1) / 2.0) * layers["scan"].scale[0])
     viewer.reset_view()
     return layers
-
-
-def _colour_labels(layer, colour: str) -> None:
-    """Draw every non-zero label of a labels layer in one colour (where napari allows it)."""
-    try:
-        from napari.utils.colormaps import DirectLabelColormap
-
-        layer.colormap = DirectLabelColormap(color_dict={None: colour, 0: "transparent"})
-    except (ImportError, TypeError, ValueError):  # older napari: keep its default colours
-        pass
 
 
 def update_slice_frame(viewer, scan_layer):

@@ -169,7 +169,10 @@ class ThresholdWidget(QWidget):
         layer = event.value
         self._refresh_layers(select=layer.name if is_anomaly_layer(layer) else None)
         anomaly = self.anomaly_layer()
-        if anomaly is not None and linked_layer(self.viewer, anomaly, "mask") is layer:
+        mask = linked_layer(self.viewer, anomaly, "mask") if anomaly is not None else None
+        # By name, not identity: napari hands plugin widgets a proxy viewer whose every
+        # attribute access wraps the layer in a new proxy object.
+        if mask is not None and mask.name == layer.name:
             self.schedule_update()  # the Detect widget adds the mask after the map
 
     def anomaly_layer(self):
