@@ -6,7 +6,7 @@ PYTHON ?= python
 bench-data:  ## the benchmark set (needs nilearn), about a minute
 	test -f benchmarks/data/manifest.json || $(PYTHON) benchmarks/make_benchmark_set.py
 
-bench: bench-data  ## every method, sweeps and targets: docs/benchmarks.md (about 30 min on 2 cores)
+bench: bench-data  ## every method, sweeps and targets: docs/benchmarks.md (about 15 min on a quiet 2-core CPU)
 	$(PYTHON) benchmarks/run.py
 
 bench-quick: bench-data  ## defaults only, no target runs (written to out/benchmarks.md)

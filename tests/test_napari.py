@@ -66,15 +66,15 @@ def test_sample_menu_contribution(make_napari_viewer):
 
 
 @pytest.mark.gui
-def test_demo_adds_result_layers(make_napari_viewer, qtbot, tiny_model_dir):
+def test_demo_adds_result_layers(make_napari_viewer, qtbot, tiny_disyre_dir):
     from napari_uad.demo import start_demo_in_viewer
 
     viewer = make_napari_viewer()
-    worker = start_demo_in_viewer(viewer, device="cpu", model=tiny_model_dir)
+    worker = start_demo_in_viewer(viewer, device="cpu", model=tiny_disyre_dir)
     with qtbot.waitSignal(worker.finished, timeout=60_000):
         pass
-    suffix = "anoddpm [tiny] gaussian t=100, 5 steps"
-    qtbot.waitUntil(lambda: f"lesions · {suffix}" in viewer.layers, timeout=10_000)
+    suffix = "disyre [tiny-disyre]"
+    qtbot.waitUntil(lambda: f"lesions · {suffix}" in viewer.layers, timeout=60_000)
     names = [layer.name for layer in viewer.layers]
     assert names == [
         "T1 with lesions",
@@ -86,7 +86,47 @@ def test_demo_adds_result_layers(make_napari_viewer, qtbot, tiny_model_dir):
     scan, anomaly = viewer.layers["T1 with lesions"], viewer.layers[f"anomaly · {suffix}"]
     assert anomaly.data.shape == scan.data.shape
     assert tuple(anomaly.scale) == tuple(scan.scale)
-    assert anomaly.metadata["napari_uad"]["provenance"]["method"] == "anoddpm"
+    info = anomaly.metadata["napari_uad"]
+    assert info["provenance"]["method"] == "disyre"
+    # The threshold came from the healthy sample, not from the model.
+    assert info["provenance"]["parameters"]["threshold_source"] == "given"
     assert anomaly.data.max() > 0
     docked = set(viewer.window.dock_widgets)
     assert {"Detect anomalies (napari-uad)", "Threshold (napari-uad)"} <= docked, docked
+
+    # The Threshold widget (docked through napari, so it holds napari's proxy of the viewer)
+    # follows the demo's map: its table and the lesion layer agree.
+    threshold = viewer.window.dock_widgets["Threshold (napari-uad)"]
+    lesions = viewer.layers[f"lesions · {suffix}"]
+    qtbot.waitUntil(lambda: threshold.table.rowCount() > 0, timeout=10_000)
+    assert threshold.anomaly_combo.currentText() == anomaly.name
+    assert "run Detect first" not in threshold.summary_label.text()
+    assert threshold.table.rowCount() == min(len(np.unique(lesions.data)) - 1, 200)
+    assert threshold.threshold_slider.value() == pytest.approx(info["threshold"], rel=1e-3)
+
+    # Truth drawn as an outline, detections filled in another colour.
+    truth = viewer.layers["lesion truth"]
+    assert truth.contour >= 1 and lesions.contour == 0
+    np.testing.assert_raises(
+        AssertionError,
+        np.testing.assert_allclose,
+        truth.colormap.map(np.array([1]))[0],
+        lesions.colormap.map(np.array([1]))[0],
+    )
+    assert viewer.dims.axis_labels[0] == "axial slice"
+
+
+@pytest.mark.gui
+def test_demo_window_fits_its_screen(make_napari_viewer):
+    from qtpy.QtWidgets import QApplication
+
+    from napari_uad.demo import dock_widgets
+
+    viewer = make_napari_viewer()
+    dock_widgets(viewer)
+    window = viewer.window._qt_window
+    available = QApplication.primaryScreen().availableGeometry()
+    assert window.height() <= available.height()
+    assert window.width() <= available.width()
+    canvas = viewer.window._qt_viewer.canvas.native
+    assert canvas.width() >= 0.4 * window.width() or not window.isVisible()

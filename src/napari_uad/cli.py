@@ -564,7 +564,7 @@ def _evaluate(args) -> int:
     given = [*args.maps, *args.truth, *(args.brain_mask or [])]
     if args.json and any(_same_path(args.json, other) for other in given):
         raise UsageError(f"refusing to overwrite the input file {args.json}: change --json")
-    rows = []
+    rows, sources = [], []
     pooled_scores, pooled_truth = [], []
     for index, (map_path, truth_path) in enumerate(zip(args.maps, args.truth, strict=True)):
         anomaly = read_scan(map_path)
@@ -574,35 +574,40 @@ def _evaluate(args) -> int:
             if args.brain_mask
             else np.ones(truth.shape, dtype=bool)
         )
-        threshold = _evaluation_threshold(args.threshold, Path(map_path))
+        threshold, source = _evaluation_threshold(args.threshold, Path(map_path))
         metrics = evaluate(anomaly.data, truth, mask=region, threshold=threshold)
-        rows.append({"map": nifti_stem(map_path), **metrics})
+        rows.append({"map": nifti_stem(map_path), **metrics, "threshold": threshold})
+        sources.append(f"{nifti_stem(map_path)}: {source}")
         pooled_scores.append(anomaly.data[region])
         pooled_truth.append(truth[region])
     if len(rows) > 1:
         scores = np.concatenate(pooled_scores)
         truth = np.concatenate(pooled_truth)
         rows.append({"map": "pooled", **evaluate(scores, truth)})
-    _print_table(rows, ["map", "auroc", "ap", "best_dice", "best_threshold", "dice_at_threshold"])
+    columns = ["map", "auroc", "ap", "best_dice", "best_threshold", "dice_at_threshold"]
+    _print_table(rows, [*columns, "threshold"])
+    print("Dice at threshold used: " + "; ".join(sources))
     if args.json:
         atomic_write_text(args.json, json.dumps(rows, indent=2) + "\n")
     return 0
 
 
-def _evaluation_threshold(value: str, map_path: Path) -> float | None:
+def _evaluation_threshold(value: str, map_path: Path) -> tuple[float | None, str]:
+    """The threshold of "Dice at threshold" for one map, and where it came from."""
     if value != "auto":
         try:
-            return float(value)
+            return float(value), f"--threshold {float(value):g}"
         except ValueError:
             raise UsageError(f"--threshold must be 'auto' or a number, got {value!r}") from None
     stem = map_path.name.split(".")[0].removesuffix("_anomaly")
     sidecar = map_path.with_name(f"{stem}.json")
     if sidecar.is_file():
         try:
-            return float(json.loads(sidecar.read_text())["parameters"]["threshold"])
+            threshold = float(json.loads(sidecar.read_text())["parameters"]["threshold"])
+            return threshold, f"{threshold:.4g} from {sidecar.name}"
         except (KeyError, ValueError, TypeError, json.JSONDecodeError):
-            return None
-    return None
+            return None, f"none ({sidecar.name} holds no threshold)"
+    return None, f"none (no {sidecar.name} beside the map; pass --threshold)"
 
 
 def _print_table(rows: list[dict], columns: list[str]) -> None:
