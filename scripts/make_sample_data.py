@@ -13,8 +13,11 @@ Files written (all on one grid, with the template's affine restricted to the sla
   lateral ventricles) of the skull-stripped ICBM152 2009 T1 template, cropped in-plane to the
   brain's bounding box plus a margin, stored as int16 in 0..1000 (one intensity scale shared with
   ``lesion_t1.nii.gz``, whose brightest lesion voxel is 1000);
-- ``lesion_t1.nii.gz``: the same slab with synthetic lesions (one tumour-like lesion in the left
-  hemisphere and a few MS-like lesions in the white matter) from ``napari_uad.phantoms``;
+- ``lesion_t1.nii.gz``: the same slab with synthetic lesions (one tumour-like lesion of 30 mm
+  in the left hemisphere, about 30 mL with its oedema, and five small MS-like lesions in the
+  white matter) from ``napari_uad.phantoms``. The tumour was 20 mm until the demo used this
+  sample: that small a tumour is mostly its faint oedema rim, smaller than any tumour of the
+  benchmark set (0.35-0.6 of the brain radius), and no shipped method found it;
 - ``lesion_truth.nii.gz``: the lesions' ground truth (uint8, 0/1);
 - ``brain_mask.nii.gz``: the template's brain mask (uint8, 0/1);
 - ``LICENSE_MNI152.txt``: the licence and citation of the template.

@@ -75,3 +75,28 @@ def test_readme_commands_use_existing_options():
     for line in lines:
         words = line.split("#")[0].split()[1:]
         parser.parse_args(words)  # raises SystemExit on an unknown option
+
+
+def test_restore_says_what_it_loads_in_a_terminal(
+    tiny_model_dir, phantom_scan_files, tmp_path, capsys, monkeypatch
+):
+    from napari_uad.cli import main
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    scan = str(phantom_scan_files["scan"])
+    out = tmp_path / "o"
+    args = ["restore", scan, "--method", "anoddpm", "--model", str(tiny_model_dir), "--out"]
+    assert main([*args, str(out), "--device", "cpu"]) == 0
+    err = capsys.readouterr().err
+    loading, reading = err.index("loading the anoddpm model"), err.index(f"reading {scan}")
+    assert loading < reading
+
+
+def test_restore_with_a_missing_model_leaves_no_output_folder(phantom_scan_files, tmp_path):
+    from napari_uad.cli import main
+
+    out = tmp_path / "never"
+    scan = str(phantom_scan_files["scan"])
+    args = ["restore", scan, "--method", "anoddpm", "--model", str(tmp_path / "no-such-model")]
+    assert main([*args, "--out", str(out)]) == 2
+    assert not out.exists()

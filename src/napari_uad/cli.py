@@ -406,8 +406,12 @@ def _restore(args) -> int:
 
 
 def _say(message: str) -> None:
-    """A status line on stderr (beside the progress bars), for the seconds before they start."""
-    print(f"napari-uad: {message}", file=sys.stderr, flush=True)
+    """A status line on stderr, beside the progress bars, for the seconds before they start.
+
+    Only in a terminal: in logs and pipes stderr keeps to progress bars and one-line errors.
+    """
+    if sys.stderr.isatty():
+        print(f"napari-uad: {message}", file=sys.stderr, flush=True)
 
 
 def _output_paths(out: Path, stem: str, *, uncertainty: bool = False) -> dict[str, Path]:
