@@ -169,3 +169,123 @@ def test_interrupted_figure_export_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         overview_figure(scan, detection, tmp_path / "figure.svg")
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 22: real processes on one --out, killed with TERM or KILL at several points.
+
+
+#: About 0.4 s per scan with the tiny model, so that signals land while scans are processed.
+SLOW = ("--samples", "8", "--steps", "10")
+
+
+def _restore_process(scans, model, out, *extra):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "napari_uad", "restore", *map(str, scans)]
+    command += ["--method", "anoddpm", "--model", str(model), "--out", str(out)]
+    command += ["--device", "cpu", "--threads", "1", *extra]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+@pytest.fixture(scope="module")
+def three_scans(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("cohort")
+    paths = []
+    for seed in range(3):
+        scan, _ = _scan(seed)
+        path = folder / f"case{seed}.nii.gz"
+        nib.save(nib.Nifti1Image(scan.data.astype(np.float32), scan.affine), path)
+        paths.append(path)
+    return paths
+
+
+def _stems_on_disk(out, stems):
+    """Per stem: 'complete' (JSON and the four maps), 'absent' (nothing) or what is there."""
+    names = {p.name for p in out.iterdir()} if out.exists() else set()
+    state = {}
+    for stem in stems:
+        mine = {n for n in names if n.startswith(f"{stem}_") or n == f"{stem}.json"}
+        maps = ("_healthy.nii.gz", "_anomaly.nii.gz", "_mask.nii.gz", "_uncertainty.nii.gz")
+        full = {f"{stem}{suffix}" for suffix in maps}  # --samples > 1: with uncertainty
+        full.add(f"{stem}.json")
+        state[stem] = "complete" if mine == full else ("absent" if not mine else sorted(mine))
+    return state
+
+
+def _wait_for(predicate, timeout=60.0):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        time.sleep(0.02)
+
+
+def test_a_second_run_on_the_same_out_stops_and_touches_nothing(
+    three_scans, tiny_model_dir, tmp_path
+):
+    out = tmp_path / "out"
+    first = _restore_process(three_scans, tiny_model_dir, out, *SLOW, "--samples", "24")
+    _wait_for(lambda: out.exists() and any(p.name.endswith(".lock") for p in out.iterdir()))
+    second = _restore_process(three_scans, tiny_model_dir, out, "--overwrite")
+    _, error = second.communicate(timeout=120)
+    assert second.returncode == 2
+    assert "another napari-uad run" in error and error.count("napari-uad: error") == 1
+    first.communicate(timeout=300)
+    assert first.returncode == 0
+    stems = [p.name.removesuffix(".nii.gz") for p in three_scans]
+    assert set(_stems_on_disk(out, stems).values()) == {"complete"}
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("delay", [0.0, 0.5, 1.0])
+def test_sigterm_leaves_every_output_set_complete_or_absent(
+    three_scans, tiny_model_dir, tmp_path, delay
+):
+    import signal
+    import time
+
+    out = tmp_path / "out"
+    process = _restore_process(three_scans, tiny_model_dir, out, *SLOW)
+    _wait_for(lambda: process.poll() is not None or out.exists())
+    time.sleep(delay)
+    process.send_signal(signal.SIGTERM)
+    _, error = process.communicate(timeout=120)
+    assert process.returncode in (0, 143), error[-800:]
+    if process.returncode == 143:
+        assert "terminated" in error and "Traceback" not in error
+    stems = [p.name.removesuffix(".nii.gz") for p in three_scans]
+    assert set(_stems_on_disk(out, stems).values()) <= {"complete", "absent"}
+    # No temporaries and no lock are left behind.
+    assert not out.exists() or not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0])
+def test_after_sigkill_the_next_run_cleans_up_and_completes(
+    three_scans, tiny_model_dir, tmp_path, delay
+):
+    import time
+
+    out = tmp_path / "out"
+    process = _restore_process(three_scans, tiny_model_dir, out, *SLOW)
+    _wait_for(lambda: process.poll() is not None or out.exists())
+    time.sleep(delay)
+    process.kill()
+    process.communicate(timeout=60)
+    stems = [p.name.removesuffix(".nii.gz") for p in three_scans]
+    # What a reader sees: a stem with its JSON is complete; one without it is not finished.
+    for stem, state in _stems_on_disk(out, stems).items():
+        assert state in ("complete", "absent") or f"{stem}.json" not in state
+    again = _restore_process(three_scans, tiny_model_dir, out, *SLOW)
+    _, error = again.communicate(timeout=300)
+    finished = [s for s, state in _stems_on_disk(out, stems).items() if state == "complete"]
+    if again.returncode == 2:  # stems the killed run finished are kept, not redone
+        assert "exists" in error and finished
+    else:
+        assert again.returncode == 0, error[-800:]
+        assert len(finished) == 3
+    assert set(_stems_on_disk(out, stems).values()) <= {"complete", "absent"}
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]

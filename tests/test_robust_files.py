@@ -278,6 +278,7 @@ def test_failed_overwrite_leaves_no_mix_of_old_and_new_outputs(
 ):
     out = tmp_path / "out"
     assert _restore([scan_file], tiny_model_dir, out) == 0
+    before = {path.name: path.read_bytes() for path in out.iterdir()}
     real_save = nib.save
     calls = []
 
@@ -290,4 +291,121 @@ def test_failed_overwrite_leaves_no_mix_of_old_and_new_outputs(
     monkeypatch.setattr(nib, "save", save)
     assert _restore([scan_file], tiny_model_dir, out, "--overwrite") == 2
     assert "No space left" in _error_line(capsys)
-    assert _listing(out) == []  # not a new healthy image beside an old anomaly map
+    # The new outputs are written beside the old ones and renamed into place only once all are
+    # written: a failure leaves the old set whole (no new healthy image beside an old anomaly
+    # map), and no temporary or lock file.
+    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 22: arguments refused before any work; degenerate runs; --out, evaluate edge cases.
+
+
+@pytest.fixture
+def no_compute(monkeypatch):
+    """Fail the test if a method starts restoring (the check must come before the work)."""
+    from napari_uad.methods.base import Method
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the restoration ran before the arguments were checked")
+
+    monkeypatch.setattr(Method, "iter_restore", refuse)
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--smoothing", "100000"], "smoothing must be between 0 and"),
+        (["--param", "noise_level=1e309"], "noise_level must be a finite number"),
+        (["--param", "eta=NaN"], "eta must be a finite number"),
+        (["--erode-brain", "1000"], "erode_brain must be between 0 and 100"),
+        (["--erode-brain", "-1"], "erode_brain must be between 0 and 100"),
+    ],
+)
+def test_impossible_parameters_are_refused_before_the_work(
+    scan_file, tiny_model_dir, tmp_path, capsys, no_compute, extra, message
+):
+    out = tmp_path / "out"
+    assert _restore([scan_file], tiny_model_dir, out, *extra) == 2
+    assert message in _error_line(capsys)
+    assert not out.exists()
+
+
+def test_an_erosion_that_removes_the_whole_brain_is_an_error(
+    scan_file, tiny_model_dir, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    assert _restore([scan_file], tiny_model_dir, out, "--erode-brain", "40") == 2
+    assert "leaves no brain to score" in _error_line(capsys)
+    assert _listing(out) == []
+
+
+def test_a_sagittal_slab_is_not_processed_as_one_voxel_lines(tiny_model_dir, tmp_path, capsys):
+    image, _ = make_brain((40, 24, 44), seed=2)
+    slab = image[18:19]  # one sagittal plane: axial "slices" would be 1 x 40 voxels
+    path = tmp_path / "slab.nii.gz"
+    nib.save(nib.Nifti1Image(slab * 700, np.eye(4)), path)
+    assert _restore([path], tiny_model_dir, tmp_path / "out") == 2
+    assert "axial slices of this scan are 1 x" in _error_line(capsys)
+
+
+@pytest.mark.parametrize("command", ["restore", "compare"])
+def test_out_pointing_at_a_file_is_one_line(scan_file, tiny_model_dir, tmp_path, capsys, command):
+    target = tmp_path / "a-file"
+    target.write_text("keep me")
+    if command == "restore":
+        code = _restore([scan_file], tiny_model_dir, target)
+    else:
+        code = main(["compare", str(scan_file), "--methods", "anoddpm", "--out", str(target)])
+    assert code == 2
+    assert "is a file: give a folder" in _error_line(capsys)
+    assert target.read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [(["--slice", "9999"], "--slice must be between 0 and 3"), (["--dpi", "100000"], "--dpi")],
+)
+def test_compare_figure_options_are_checked_before_the_work(
+    scan_file, tiny_model_dir, tmp_path, capsys, no_compute, extra, message
+):
+    out = tmp_path / "out"
+    code = main(
+        ["compare", str(scan_file), "--methods", "anoddpm", "--model", f"anoddpm={tiny_model_dir}"]
+        + ["--device", "cpu", "--out", str(out), *extra]
+    )
+    assert code == 2
+    assert message in _error_line(capsys)
+    assert not out.exists()
+
+
+def _map_and_truth(folder):
+    truth = np.zeros((20, 20, 4), np.uint8)
+    truth[5:9, 5:9, 1:3] = 1
+    scores = np.random.default_rng(0).random(truth.shape).astype(np.float32) + truth
+    paths = {}
+    for name, data in (("m_anomaly", scores), ("truth", truth)):
+        paths[name] = folder / f"{name}.nii.gz"
+        nib.save(nib.Nifti1Image(data, np.eye(4)), paths[name])
+    return paths
+
+
+def test_evaluate_of_an_all_nan_map_is_an_error_not_auroc_half(tmp_path, capsys):
+    paths = _map_and_truth(tmp_path)
+    nan_map = tmp_path / "nan_anomaly.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((20, 20, 4), np.nan, np.float32), np.eye(4)), nan_map)
+    assert main(["evaluate", str(nan_map), "--truth", str(paths["truth"])]) == 2
+    assert "is constant" in _error_line(capsys)
+
+
+def test_evaluate_survives_a_nested_sidecar_and_a_json_symlink_loop(tmp_path, capsys):
+    paths = _map_and_truth(tmp_path)
+    (tmp_path / "m.json").write_text("[" * 100_000 + "]" * 100_000)
+    args = ["evaluate", str(paths["m_anomaly"]), "--truth", str(paths["truth"])]
+    assert main(args) == 0
+    assert "holds no threshold" in capsys.readouterr().out
+    loop_a, loop_b = tmp_path / "loop_a.json", tmp_path / "loop_b.json"
+    loop_a.symlink_to(loop_b)
+    loop_b.symlink_to(loop_a)
+    assert main([*args, "--json", str(loop_a)]) == 2
+    assert "symlink loop" in _error_line(capsys)

@@ -283,7 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         "demo": _demo,
     }
     try:
-        with warnings.catch_warnings(), cpu_threads(getattr(args, "threads", None)):
+        with (
+            warnings.catch_warnings(),
+            cpu_threads(getattr(args, "threads", None)),
+            _terminate_like_interrupt(),
+        ):
             warnings.simplefilter("default")
             # Our own warnings are user-facing; libraries' deprecation notices (napari's
             # pydantic use prints ~20 at start-up) are not, as in Python's default filters.
@@ -291,6 +295,9 @@ def main(argv: list[str] | None = None) -> int:
             warnings.filterwarnings("ignore", category=PendingDeprecationWarning)
             warnings.formatwarning = _format_warning
             return handlers[args.command](args) or 0
+    except _Terminated:
+        print("napari-uad: terminated (SIGTERM); nothing half-written was left", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("napari-uad: interrupted", file=sys.stderr)
         return 130
@@ -314,11 +321,9 @@ def _format_warning(message, category, filename, lineno, line=None):
 
 
 def _restore(args) -> int:
-    from tqdm.auto import tqdm
 
-    from .io import nifti_stem, read_mask, read_scan, write_nifti
-    from .io.atomic import atomic_write_text
-    from .pipeline import detect, load_method, parse_threshold
+    from .io import nifti_stem
+    from .pipeline import load_method, parse_threshold
 
     threshold = parse_threshold(args.threshold)
     masks = args.brain_mask or []
@@ -337,8 +342,9 @@ def _restore(args) -> int:
         raise UsageError("two inputs share a file name; their outputs would collide")
     planned = [_output_paths(args.out, stem, uncertainty=args.samples > 1) for stem in stems]
     given = [*args.inputs, *(m for m in masks if m != "auto")]
-    for outputs in planned:
-        _check_outputs(outputs.values(), given, args.out, overwrite=args.overwrite)
+    _check_out_folder(args.out)
+    for stem, outputs in zip(stems, planned, strict=True):
+        _check_outputs(outputs.values(), given, args.out, overwrite=args.overwrite, stem=stem)
     params = {
         "noise": args.noise,
         "noise_level": args.noise_level,
@@ -351,58 +357,71 @@ def _restore(args) -> int:
     _say(f"loading the {args.method} model{f' {args.model}' if args.model else ''} (torch)...")
     loaded = load_method(args.method, args.model, noise=params.get("noise"), device=args.device)
     _say(f"model {loaded.model_name} on {loaded.method.device}")
-    args.out.mkdir(parents=True, exist_ok=True)
-    for index, (path, stem, outputs) in enumerate(zip(args.inputs, stems, planned, strict=True)):
-        _say(f"reading {path}")
-        scan = read_scan(path)
-        mask_arg = masks[index] if len(masks) == len(args.inputs) else (masks[0] if masks else None)
-        brain_mask = None if mask_arg in (None, "auto") else read_mask(mask_arg, like=scan)
-        bars = []
-
-        def progress(update, bars=bars, stem=stem):
-            if not bars:
-                bars.append(tqdm(total=update.total, desc=f"{stem} ({args.method})", unit="step"))
-            bars[0].update(update.done - bars[0].n)
-
-        try:
-            result = detect(
-                scan,
-                method=args.method,
-                model=args.model,
-                brain_mask=brain_mask,
-                device=args.device,
-                seed=args.seed,
-                batch_size=args.batch_size,
-                threshold=threshold,
-                min_size=args.min_size,
-                erode_brain=args.erode_brain,
-                samples=args.samples,
-                progress=progress,
-                **params,
-            )
-        finally:
-            for bar in bars:
-                bar.close()
-        provenance = {
-            "input": str(Path(path).resolve()),
-            "input_shape": list(scan.shape),
-            "outputs": {k: v.name for k, v in outputs.items() if k != "provenance"},
-            **result.provenance,
-        }
-        with _all_or_none(outputs.values()):
-            write_nifti(outputs["healthy"], result.healthy, like=scan)
-            write_nifti(outputs["anomaly"], result.anomaly, like=scan)
-            write_nifti(outputs["mask"], result.lesion_mask, like=scan, dtype="uint8")
-            if "uncertainty" in outputs:
-                write_nifti(outputs["uncertainty"], result.uncertainty, like=scan)
-            atomic_write_text(outputs["provenance"], json.dumps(provenance, indent=2) + "\n")
-        summary = result.provenance["lesions"]
-        print(
-            f"{stem}: {summary['count']} lesion(s), {summary['total_volume_ml']:.2f} mL at "
-            f"threshold {result.threshold:.4g}; {result.provenance['timings']['restore_s']:.1f} s "
-            f"-> {args.out}"
-        )
+    with _claimed_outputs(args.out, stems, planned, overwrite=args.overwrite) as claims:
+        for index, (path, stem, outputs) in enumerate(
+            zip(args.inputs, stems, planned, strict=True)
+        ):
+            _restore_one(args, index, path, stem, outputs, claims[index], masks, threshold, params)
     return 0
+
+
+def _restore_one(args, index, path, stem, outputs, claim, masks, threshold, params) -> None:
+    """Detect on one input and write its outputs (complete or not at all)."""
+    from tqdm.auto import tqdm
+
+    from .io import read_mask, read_scan, write_nifti
+    from .io.atomic import atomic_write_text
+    from .pipeline import detect
+
+    _say(f"reading {path}")
+    scan = read_scan(path)
+    mask_arg = masks[index] if len(masks) == len(args.inputs) else (masks[0] if masks else None)
+    brain_mask = None if mask_arg in (None, "auto") else read_mask(mask_arg, like=scan)
+    bars = []
+
+    def progress(update, bars=bars, stem=stem):
+        if not bars:
+            bars.append(tqdm(total=update.total, desc=f"{stem} ({args.method})", unit="step"))
+        bars[0].update(update.done - bars[0].n)
+
+    try:
+        result = detect(
+            scan,
+            method=args.method,
+            model=args.model,
+            brain_mask=brain_mask,
+            device=args.device,
+            seed=args.seed,
+            batch_size=args.batch_size,
+            threshold=threshold,
+            min_size=args.min_size,
+            erode_brain=args.erode_brain,
+            samples=args.samples,
+            progress=progress,
+            **params,
+        )
+    finally:
+        for bar in bars:
+            bar.close()
+    provenance = {
+        "input": str(Path(path).resolve()),
+        "input_shape": list(scan.shape),
+        "outputs": {k: v.name for k, v in outputs.items() if k != "provenance"},
+        **result.provenance,
+    }
+    write_nifti(claim.stage("healthy"), result.healthy, like=scan)
+    write_nifti(claim.stage("anomaly"), result.anomaly, like=scan)
+    write_nifti(claim.stage("mask"), result.lesion_mask, like=scan, dtype="uint8")
+    if "uncertainty" in outputs:
+        write_nifti(claim.stage("uncertainty"), result.uncertainty, like=scan)
+    atomic_write_text(claim.stage("provenance"), json.dumps(provenance, indent=2) + "\n")
+    claim.commit()
+    summary = result.provenance["lesions"]
+    print(
+        f"{stem}: {summary['count']} lesion(s), {summary['total_volume_ml']:.2f} mL at "
+        f"threshold {result.threshold:.4g}; {result.provenance['timings']['restore_s']:.1f} s "
+        f"-> {args.out}"
+    )
 
 
 def _say(message: str) -> None:
@@ -456,12 +475,22 @@ def _compare(args) -> int:
     outputs = {
         "figure": args.out / f"{stem}_compare.{args.format}",
         "table": args.out / f"{stem}_compare.csv",
-        "json": args.out / f"{stem}_compare.json",
         **{m: args.out / f"{stem}_{m}_anomaly.nii.gz" for m in methods},
+        "provenance": args.out / f"{stem}_compare.json",
     }
+    if not 10 <= args.dpi <= 1200:
+        raise UsageError(f"--dpi must be between 10 and 1200, got {args.dpi}")
     given = [args.input, *(p for p in (args.truth, args.brain_mask) if p and p != "auto")]
-    _check_outputs(outputs.values(), given, args.out, overwrite=args.overwrite)
+    _check_out_folder(args.out)
+    claim_stem = f"{stem}_compare"
+    _check_outputs(outputs.values(), given, args.out, overwrite=args.overwrite, stem=claim_stem)
     scan = read_scan(args.input)
+    if args.slice is not None:
+        from .display import to_display
+
+        slices = to_display(scan.data, scan.affine)[0].shape[0]
+        if not 0 <= args.slice < slices:
+            raise UsageError(f"--slice must be between 0 and {slices - 1}, got {args.slice}")
     truth = read_mask(args.truth, like=scan) if args.truth else None
     brain_mask = None if args.brain_mask == "auto" else read_mask(args.brain_mask, like=scan)
     bars: dict[str, tqdm] = {}
@@ -494,27 +523,28 @@ def _compare(args) -> int:
     finally:
         for bar in bars.values():
             bar.close()
-    args.out.mkdir(parents=True, exist_ok=True)
     rows = comparison.rows()
-    with _all_or_none(outputs.values()):
+    with _claimed_outputs(args.out, [claim_stem], [outputs], overwrite=args.overwrite) as claims:
+        claim = claims[0]
         for run in comparison.runs:
-            write_nifti(outputs[run.method], run.detection.anomaly, like=scan)
+            write_nifti(claim.stage(run.method), run.detection.anomaly, like=scan)
         methods_figure(
             scan,
             [(run.label, run.detection) for run in comparison.runs],
-            outputs["figure"],
+            claim.stage("figure"),
             truth=truth,
             metrics=[run.metrics for run in comparison.runs],
             slice_index=args.slice,
             dpi=args.dpi,
             title=f"{stem}: {len(methods)} methods, axial slice {{slice}}",
         )
-        write_table(rows, outputs["table"])
+        write_table(rows, claim.stage("table"))
         details = [
             {**row, "provenance": run.detection.provenance}
             for row, run in zip(rows, comparison.runs, strict=True)
         ]
-        atomic_write_text(outputs["json"], json.dumps(details, indent=2) + "\n")
+        atomic_write_text(claim.stage("provenance"), json.dumps(details, indent=2) + "\n")
+        claim.commit()
     _print_table(rows, list(TABLE_COLUMNS))
     print(
         f"wrote {outputs['figure'].name}, {outputs['table'].name} and {len(methods)} maps "
@@ -523,35 +553,80 @@ def _compare(args) -> int:
     return 0
 
 
-def _check_outputs(outputs, inputs, out: Path, *, overwrite: bool) -> None:
-    """Refuse outputs that would replace an input, and existing ones without --overwrite."""
+def _check_out_folder(out: Path) -> None:
+    """--out must be a folder (created when missing), not a file."""
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file: give a folder (it is created if missing)")
+
+
+def _check_outputs(outputs, inputs, out: Path, *, overwrite: bool, stem=None) -> None:
+    """Refuse outputs that would replace an input, and existing ones without --overwrite.
+
+    Outputs of a stem whose lock file is present are checked once the lock is taken (they may
+    be the remains of a killed run, which are then removed).
+    """
+    from .outputs import LOCK_SUFFIX
+
     outputs = list(outputs)
     for output in outputs:
         if any(_same_path(output, other) for other in inputs):
             raise UsageError(f"refusing to overwrite the input file {output}: change --out")
+    if stem is not None and (out / f".{stem}{LOCK_SUFFIX}").exists():
+        return
     existing = [p.name for p in outputs if p.exists()]
     if existing and not overwrite:
         raise UsageError(f"{existing[0]} exists in {out}; pass --overwrite to replace")
 
 
 @contextlib.contextmanager
-def _all_or_none(paths):
-    """Remove every path if the block fails: all of one input's outputs or none (with
-    --overwrite, no mix of old and new files either)."""
-    paths = list(paths)
+def _claimed_outputs(out: Path, stems, planned, *, overwrite: bool):
+    """Create ``out``, claim every stem's outputs (see :mod:`napari_uad.outputs`) and yield the
+    claims; on leaving, remove what this run staged but did not finish, and its locks. A folder
+    this run created is removed again when nothing was written into it."""
+    from .outputs import OutputSet
+
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)
+    claims = [OutputSet(out, stem, outputs) for stem, outputs in zip(stems, planned, strict=True)]
     try:
-        yield
-    except BaseException:
-        for path in paths:
-            path.unlink(missing_ok=True)
-        raise
+        for claim in claims:
+            claim.claim()
+            if claim.swept:
+                more = " …" if len(claim.swept) > 4 else ""
+                warnings.warn(
+                    f"removed what an interrupted run left of {claim.stem} in {out}: "
+                    f"{', '.join(claim.swept[:4])}{more}",
+                    stacklevel=2,
+                )
+        for claim in claims:
+            existing = claim.existing()
+            if existing and not overwrite:
+                raise UsageError(f"{existing[0]} exists in {out}; pass --overwrite to replace")
+        yield claims
+    finally:
+        for claim in claims:
+            claim.release()
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
 
 
 def _same_path(a, b) -> bool:
     a, b = Path(a), Path(b)
-    if a.exists() and b.exists():
-        return os.path.samefile(a, b)
-    return a.resolve() == b.resolve()
+    try:
+        if a.exists() and b.exists():
+            return os.path.samefile(a, b)
+        return a.resolve() == b.resolve()
+    except (OSError, RuntimeError) as error:  # a symlink loop (RuntimeError before 3.13)
+        loop = next((p for p in (a, b) if _is_symlink_loop(p)), a)
+        raise UsageError(f"{loop} cannot be resolved (a symlink loop?): {error}") from None
+
+
+def _is_symlink_loop(path: Path) -> bool:
+    try:
+        path.resolve(strict=True)
+    except (OSError, RuntimeError):
+        return path.is_symlink()
+    return False
 
 
 def _evaluate(args) -> int:
@@ -573,6 +648,7 @@ def _evaluate(args) -> int:
     for index, (map_path, truth_path) in enumerate(zip(args.maps, args.truth, strict=True)):
         anomaly = read_scan(map_path)
         truth = read_mask(truth_path, like=anomaly)
+        _check_not_constant(anomaly.data, map_path)
         region = (
             read_mask(args.brain_mask[index], like=anomaly)
             if args.brain_mask
@@ -596,6 +672,19 @@ def _evaluate(args) -> int:
     return 0
 
 
+def _check_not_constant(scores, path) -> None:
+    """A constant map (all zero, or all NaN before reading set them to 0) scores AUROC 0.5,
+    which reads like a result; it is none."""
+    import numpy as np
+
+    flat = np.asarray(scores).ravel()
+    if flat.size and np.all(flat == flat[0]):
+        raise UsageError(
+            f"{path} is constant ({float(flat[0]):g} everywhere, NaN is read as 0): it holds no "
+            "anomaly map to evaluate"
+        )
+
+
 def _evaluation_threshold(value: str, map_path: Path) -> tuple[float | None, str]:
     """The threshold of "Dice at threshold" for one map, and where it came from."""
     if value != "auto":
@@ -609,7 +698,7 @@ def _evaluation_threshold(value: str, map_path: Path) -> tuple[float | None, str
         try:
             threshold = float(json.loads(sidecar.read_text())["parameters"]["threshold"])
             return threshold, f"{threshold:.4g} from {sidecar.name}"
-        except (KeyError, ValueError, TypeError, json.JSONDecodeError):
+        except (KeyError, ValueError, TypeError, RecursionError, json.JSONDecodeError):
             return None, f"none ({sidecar.name} holds no threshold)"
     return None, f"none (no {sidecar.name} beside the map; pass --threshold)"
 
@@ -690,12 +779,13 @@ def _train(args) -> int:
     result = result["value"]
     if result.stopped:
         if leader:
+            why = f" by {stop.signal_name}" if stop.signal_name else ""
             print(
-                f"napari-uad: stopped at step {result.step} and saved {result.model_dir}; "
+                f"napari-uad: stopped{why} at step {result.step} and saved {result.model_dir}; "
                 f"continue with: napari-uad train {args.data} --out {value} --resume",
                 file=sys.stderr,
             )
-        return 130
+        return 143 if stop.signal_name == "SIGTERM" else 130
     if leader:
         threshold = result.threshold
         threshold = "" if threshold is None else f", healthy threshold {threshold:.4f}"
@@ -707,11 +797,15 @@ def _train(args) -> int:
 
 
 class _StopOnInterrupt:
-    """A stop flag set by the first Ctrl-C (the loop then stops at the next step boundary and
-    saves); a second Ctrl-C interrupts at once."""
+    """A stop flag set by the first Ctrl-C or SIGTERM (the loop then stops at the next step
+    boundary and saves); a second one interrupts at once."""
+
+    SIGNALS = ("SIGINT", "SIGTERM")
 
     def __init__(self):
         self.requested = False
+        self.signal_name = None
+        self.previous: dict = {}
 
     def __call__(self) -> bool:
         return self.requested
@@ -723,19 +817,45 @@ class _StopOnInterrupt:
             if self.requested:
                 raise KeyboardInterrupt
             self.requested = True
+            self.signal_name = signal.Signals(signum).name
 
-        try:
-            self.previous = signal.signal(signal.SIGINT, handler)
-        except ValueError:  # not the main thread: leave Ctrl-C alone
-            self.previous = None
+        for name in self.SIGNALS:
+            try:
+                self.previous[name] = signal.signal(getattr(signal, name), handler)
+            except ValueError:  # not the main thread: leave signals alone
+                break
         return self
 
     def __exit__(self, *exc):
         import signal
 
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+        for name, previous in self.previous.items():
+            signal.signal(getattr(signal, name), previous)
         return False
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (what ``kill``, ``timeout`` and job schedulers send), handled like Ctrl-C."""
+
+
+@contextlib.contextmanager
+def _terminate_like_interrupt():
+    """Turn SIGTERM into :class:`_Terminated` while a command runs, so it cleans up as on
+    Ctrl-C (staged outputs removed, locks released) instead of dying mid-write."""
+    import signal
+
+    def handler(signum, frame):
+        raise _Terminated
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _updates(run, result: dict):

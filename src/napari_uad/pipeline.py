@@ -7,6 +7,7 @@ benchmarks all call :func:`detect` (or its generator form :func:`iter_detect`).
 from __future__ import annotations
 
 import hashlib
+import math
 import time
 import warnings
 from collections.abc import Generator
@@ -201,9 +202,11 @@ def iter_detect(
         Method parameters (``noise``, ``noise_level``, ``steps``, ...).
     """
     threshold = parse_threshold(threshold)
+    _check_run_arguments(params, erode_brain=erode_brain, min_size=min_size)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     loaded = load_method(method, model, noise=params.get("noise"), device=device)
+    _check_filter_sizes(params, grid=loaded.method.config.grid)
     timings["load_model_s"] = time.perf_counter() - started
 
     tick = time.perf_counter()
@@ -215,6 +218,7 @@ def iter_detect(
         lower_percentile=config.preprocessing.get("lower_percentile", 1.0),
         upper_percentile=config.preprocessing.get("upper_percentile", 99.0),
     )
+    _check_axial_slices(prepared.brain_mask_ras.shape)
     keep = _select_slices(prepared, slices)
     timings["preprocess_s"] = time.perf_counter() - tick
 
@@ -255,6 +259,11 @@ def iter_detect(
     scored = brain_mask_input
     if erode_brain > 0:
         eroded = erode_mask(prepared.brain_mask_ras, iterations=erode_brain)
+        if not eroded.any():
+            raise InputError(
+                f"eroding the brain mask by {erode_brain} voxels leaves no brain to score: "
+                "use a smaller --erode-brain (1 to 3 silences the brain edge)"
+            )
         scored = from_canonical(eroded, prepared.orientation)
     anomaly = prepared.to_input_grid(anomaly_model).clip(min=0) * scored
     healthy = _to_scan_intensity(prepared, prepared.to_input_grid(healthy_model))
@@ -314,6 +323,43 @@ def iter_detect(
         lesions=lesions,
         uncertainty=uncertainty,
     )
+
+
+#: Axial slices narrower than this (in voxels, either in-plane axis) are not images.
+MIN_INPLANE_VOXELS = 8
+
+
+def _check_run_arguments(params: dict, *, erode_brain, min_size) -> None:
+    """Refuse values no run can use before any work starts (one-line errors)."""
+    for key, value in params.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"{key} must be a finite number, got {value}")
+    if int(erode_brain) < 0 or int(erode_brain) > 100:
+        raise ValueError(f"erode_brain must be between 0 and 100 voxels, got {erode_brain}")
+    if int(min_size) < 0:
+        raise ValueError(f"min_size must be >= 0 voxels, got {min_size}")
+
+
+def _check_filter_sizes(params: dict, *, grid: int) -> None:
+    """Median/closing filter sizes act on the model grid: at most half of it."""
+    for key in ("smoothing", "kernel"):
+        value = params.get(key)
+        if isinstance(value, (int, float)) and not 0 <= value <= grid // 2:
+            raise ValueError(
+                f"{key} must be between 0 and {grid // 2} pixels (half the model's {grid}-pixel "
+                f"grid), got {value}"
+            )
+
+
+def _check_axial_slices(ras_shape) -> None:
+    """A slab stored sagittally or coronally would give axial "slices" a voxel or two wide."""
+    nx, ny = int(ras_shape[0]), int(ras_shape[1])
+    if min(nx, ny) < MIN_INPLANE_VOXELS:
+        raise InputError(
+            f"the axial slices of this scan are {nx} x {ny} voxels: the models need axial "
+            f"slices at least {MIN_INPLANE_VOXELS} voxels wide in both directions (is it a "
+            "sagittal or coronal slab, or a wrong affine?); give a volume covering the brain"
+        )
 
 
 def _select_slices(prepared: PreparedVolume, slices) -> np.ndarray:
