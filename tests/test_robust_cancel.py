@@ -289,3 +289,36 @@ def test_after_sigkill_the_next_run_cleans_up_and_completes(
         assert len(finished) == 3
     assert set(_stems_on_disk(out, stems).values()) <= {"complete", "absent"}
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+
+
+def test_sigterm_stops_training_and_saves_a_checkpoint(tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from napari_uad.training.state import STATE_NAME
+
+    folder = tmp_path / "healthy"
+    folder.mkdir()
+    for index in range(2):
+        image, _ = make_brain((40, 44, 8), seed=20 + index)
+        volume = nib.Nifti1Image((image * 700).astype(np.float32), np.eye(4))
+        nib.save(volume, folder / f"{index}.nii.gz")
+    out = tmp_path / "model"
+    command = [sys.executable, "-m", "napari_uad", "train", str(folder), "--out", str(out)]
+    command += ["--grid", "32", "--channels", "8", "--batch-size", "4", "--steps", "100000"]
+    command += ["--checkpoint-every", "100000", "--device", "cpu", "--threads", "1"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Wait until training steps run (tqdm counts them on stderr), then TERM it as a scheduler
+    # would: the run must stop at the next step and save, not lose its steps.
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(process.stderr.readline, "")))
+    reader.start()
+    _wait_for(lambda: process.poll() is not None or any("step/s" in line for line in seen), 120)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=120)
+    reader.join(timeout=10)
+    error = "".join(seen)
+    assert process.returncode == 143, error[-800:]
+    assert "stopped by SIGTERM at step" in error and "--resume" in error
+    assert (out / "model.safetensors").exists() and (out / STATE_NAME).exists()
