@@ -8,8 +8,11 @@ through the pipeline with the tiny model and checked on the input's grid.
 
 from __future__ import annotations
 
+import gc
 import gzip
+import struct
 import warnings
+import zlib
 
 import nibabel as nib
 import numpy as np
@@ -375,3 +378,280 @@ def test_evaluate_bad_truth_and_masks(truth, brain, message, tmp_path, capsys):
     capsys.readouterr()
     code = main([*args, "--json", str(tmp_path / "out" / "metrics.json")])
     _assert_one_line_error(code, capsys.readouterr().err.splitlines(), message, tmp_path / "out")
+
+
+def _nifti_with_forms(path, sform=None, qform=None, shape=(12, 10, 6)):
+    """Write a NIfTI whose header holds exactly these sform/qform (code 1), unmodified."""
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.float32)
+    header.set_data_shape(shape)
+    header.set_zooms((1.0, 1.0, 1.0))
+    header.set_xyzt_units("mm")
+    header.set_qform(qform, code=1 if qform is not None else 0)
+    header.set_sform(sform, code=1 if sform is not None else 0)
+    data = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    # With affine=None nibabel keeps the header's transforms as they are.
+    nib.save(nib.Nifti1Image(data, None, header=header), path)
+    return path
+
+
+def _shifted(dx=0.0, flip=False):
+    affine = np.eye(4)
+    affine[:3, 3] = [-40.0 + dx, -60.0, -20.0]
+    if flip:
+        affine[0, 0] = -1.0
+    return affine
+
+
+@pytest.mark.parametrize(
+    "qform, message",
+    [
+        (_shifted(flip=True), "disagree in orientation"),  # qform LAS, sform RAS
+        (_shifted(dx=5.0), "differ by up to 5.0 mm"),
+    ],
+)
+def test_qform_and_sform_that_disagree_give_a_warning(qform, message, tmp_path):
+    """nibabel's rule decides (sform code > 0 wins), but the user is told they disagree."""
+    path = _nifti_with_forms(tmp_path / "forms.nii.gz", sform=_shifted(), qform=qform)
+    with pytest.warns(UserWarning, match=message) as caught:
+        scan = read_scan(path)
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)
+    np.testing.assert_allclose(scan.affine, _shifted())
+    # Agreeing forms (within 1 mm) give no warning.
+    same = _nifti_with_forms(tmp_path / "same.nii.gz", sform=_shifted(), qform=_shifted(0.5))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        read_scan(same)
+
+
+@pytest.mark.parametrize("bad", ["nan", "inf", "singular"])
+def test_invalid_sform_falls_back_to_a_valid_qform(bad, tmp_path):
+    """A NaN/Inf (or singular) sform no longer throws away a valid qform (outputs were 76 mm
+    off, at the voxel-size fallback)."""
+    sform = _shifted()
+    if bad == "singular":
+        sform[:3, 2] = 0.0
+    else:
+        sform[0, 3] = float(bad)
+    path = _nifti_with_forms(tmp_path / "forms.nii", sform=sform, qform=_shifted())
+    with pytest.warns(UserWarning, match="invalid sform .*using its qform"):
+        scan = read_scan(path)
+    np.testing.assert_allclose(scan.affine, _shifted(), atol=1e-6)
+
+
+def _png_header_only(path, width, height):
+    """A PNG whose header says width x height, with almost no pixel data behind it."""
+
+    def chunk(kind, data):
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 1000)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    )
+    return path
+
+
+def test_huge_images_are_refused_from_the_header(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    """A 20000 x 20000 PNG (a few KB on disk) is refused from its header, by the same limit as
+    NIfTI, without decoding (it was decoded first, or refused with Pillow's own message)."""
+    import skimage.io
+    import tifffile
+    from skimage import io as skio
+
+    def decode(*args, **kwargs):
+        raise AssertionError("decoded")
+
+    big = _png_header_only(tmp_path / "big.png", 20000, 20000)
+    out = tmp_path / "out"
+    monkeypatch.setattr(skimage.io, "imread", decode)
+    code, err = _restore([big], tiny_model_dir, out, capsys)
+    _assert_one_line_error(code, err, "big.png is too large: (20000, 20000)", out)
+    monkeypatch.undo()
+
+    image = (np.random.default_rng(0).random((30, 40)) * 255).astype(np.uint8)
+    skio.imsave(tmp_path / "small.png", image, check_contrast=False)
+    skio.imsave(tmp_path / "small.tif", image, check_contrast=False)
+    monkeypatch.setenv("NAPARI_UAD_MAX_VOXELS", "1000")
+    monkeypatch.setattr(skimage.io, "imread", decode)
+    monkeypatch.setattr(tifffile.TiffFile, "asarray", decode)
+    for name in ("small.png", "small.tif"):
+        with pytest.raises(InputError, match=r"too large: \(30, 40\) is 1,200 voxels"):
+            read_scan(tmp_path / name)
+
+
+def test_huge_dicom_series_is_refused_before_reading_pixels(tmp_path, monkeypatch):
+    pytest.importorskip("pydicom")
+    from napari_uad.io import dicom
+
+    from .test_dicom import write_series
+
+    write_series(tmp_path / "series", np.zeros((20, 30, 6)))
+
+    def read_pixels(*args):
+        raise AssertionError("pixel data read")
+
+    monkeypatch.setattr(dicom, "_read_pixels", read_pixels)
+    monkeypatch.setenv("NAPARI_UAD_MAX_VOXELS", "3000")
+    with pytest.raises(InputError, match=r"series is too large: \(30, 20, 6\) is 3,600 voxels"):
+        read_scan(tmp_path / "series")
+
+
+def _damaged_gzip(tmp_path, damage):
+    image, _, _ = _phantom()
+    raw = bytearray(gzip.compress(nib.Nifti1Image(image * 900, np.eye(4)).to_bytes()))
+    if damage == "flipped_byte":
+        raw[len(raw) // 2] ^= 0x01  # inside the deflate data: gzip -t fails
+    elif damage == "no_trailer":
+        raw = raw[:-8]
+    elif damage == "bad_crc":
+        raw[-8] ^= 0xFF
+    elif damage == "bad_length":
+        raw[-1] ^= 0x01
+    path = tmp_path / f"{damage}.nii.gz"
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("damage", ["flipped_byte", "no_trailer", "bad_crc", "bad_length"])
+def test_damaged_gzip_is_reported(damage, tmp_path):
+    """nibabel does not read a .gz to its end, so its CRC was never checked: these read silently
+    (wrong voxels, or a missing end) before."""
+    path = _damaged_gzip(tmp_path, damage)
+    with pytest.raises(InputError, match="the gzip data is damaged") as caught:
+        read_scan(path)
+    message = str(caught.value)
+    assert "\n" not in message and message.endswith("re-export or re-copy the file"), message
+
+
+def test_gzip_name_on_an_uncompressed_file(tmp_path):
+    image, _, _ = _phantom()
+    path = tmp_path / "plain.nii.gz"
+    path.write_bytes(nib.Nifti1Image(image, np.eye(4)).to_bytes())
+    with pytest.raises(InputError, match="not gzip-compressed.*rename it to .nii"):
+        read_scan(path)
+
+
+def test_symbolic_link_loop_and_broken_link(tmp_path):
+    (tmp_path / "a.nii.gz").symlink_to(tmp_path / "b.nii.gz")
+    (tmp_path / "b.nii.gz").symlink_to(tmp_path / "a.nii.gz")
+    with pytest.raises(InputError, match="symbolic link loop"):
+        read_scan(tmp_path / "a.nii.gz")
+    (tmp_path / "c.nii.gz").symlink_to(tmp_path / "gone.nii.gz")
+    with pytest.raises(InputError, match="broken symbolic link"):
+        read_scan(tmp_path / "c.nii.gz")
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("ImagePositionPatient", [float("nan"), 0.0, 0.0], "invalid ImagePositionPatient"),
+        ("ImagePositionPatient", [1.0, 2.0], "invalid ImagePositionPatient"),
+        ("PixelSpacing", [0.0, 0.9], "invalid PixelSpacing"),
+        ("PixelSpacing", [-0.8, 0.9], "invalid PixelSpacing"),
+        ("PixelSpacing", [float("nan"), 0.9], "invalid PixelSpacing"),
+        ("ImageOrientationPatient", [0.0] * 6, "invalid ImageOrientationPatient"),
+        ("ImageOrientationPatient", [1.0, 0, 0, 1.0, 0, 0], "invalid ImageOrientationPatient"),
+    ],
+)
+def test_dicom_with_invalid_geometry_names_the_field(field, value, message, tmp_path):
+    pydicom = pytest.importorskip("pydicom")
+    from .test_dicom import write_series
+
+    folder = tmp_path / "series"
+    write_series(folder, np.ones((8, 9, 4)))
+    target = sorted(folder.iterdir())[1]
+    ds = pydicom.dcmread(target)
+    setattr(ds, field, value)
+    ds.save_as(target)
+    with pytest.raises(InputError, match=f"{target.name} has an {message}") as caught:
+        read_scan(folder)
+    assert "\n" not in str(caught.value)
+
+
+def test_truncated_dicom_is_called_truncated_not_compressed(tmp_path):
+    pytest.importorskip("pydicom")
+    from .test_dicom import write_series
+
+    folder = tmp_path / "series"
+    write_series(folder, np.ones((8, 9, 4)))
+    target = sorted(folder.iterdir())[2]
+    target.write_bytes(target.read_bytes()[:-40])
+    with pytest.raises(InputError, match="truncated or corrupt") as caught:
+        read_scan(folder)
+    assert "pylibjpeg" not in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["inf", "1e400", "abc", "-5", "0", "nan", "2.5"])
+def test_bad_max_voxels_setting_is_one_line(value, tmp_path, monkeypatch):
+    path = _save(tmp_path / "scan.nii.gz", np.ones((8, 8, 4), np.float32))
+    monkeypatch.setenv("NAPARI_UAD_MAX_VOXELS", value)
+    with pytest.raises(InputError, match="NAPARI_UAD_MAX_VOXELS must be a positive integer"):
+        read_scan(path)
+    monkeypatch.setenv("NAPARI_UAD_MAX_VOXELS", "1e9")  # a whole number in any notation
+    read_scan(path)
+
+
+def test_nibabel_header_notes_become_one_warning(tmp_path, capfd):
+    """nibabel prints its header fixes ("sform_code 300 not valid; setting to 0") to stderr
+    itself; they now come as one warning naming the file."""
+    path = _save(tmp_path / "scan.nii", np.ones((8, 8, 4), np.float32))
+    raw = bytearray(path.read_bytes())
+    raw[254:256] = np.int16(300).tobytes()  # sform_code
+    path.write_bytes(bytes(raw))
+    capfd.readouterr()
+    with pytest.warns(UserWarning, match="scan.nii has a damaged header.*sform_code 300"):
+        read_scan(path)
+    assert capfd.readouterr().err == ""
+
+
+def test_unreadable_image_leaves_no_open_file(tmp_path):
+    path = tmp_path / "garbage.png"
+    path.write_bytes(b"not a png" * 50)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ResourceWarning)
+        with pytest.raises(InputError, match="Cannot read garbage.png: not a valid image"):
+            read_scan(path)
+        gc.collect()
+    assert not [w for w in caught if issubclass(w.category, ResourceWarning)]
+
+
+def test_probability_mask_is_not_called_empty(tmp_path, capsys):
+    """A probability map given as a mask: said so (it was "empty"); a mask with fractional
+    edges (resampled) is thresholded at 0.5 with a warning."""
+    from napari_uad.io import read_mask
+
+    shape = (10, 12, 3)
+    like = read_scan(_save(tmp_path / "map.nii.gz", np.ones(shape, np.float32)))
+    prob = _save(tmp_path / "prob.nii.gz", np.where(np.arange(360).reshape(shape) % 3, 0.3, 0.0))
+    args = ["evaluate", str(tmp_path / "map.nii.gz"), "--truth", str(prob)]
+    capsys.readouterr()
+    code = main([*args, "--json", str(tmp_path / "out" / "metrics.json")])
+    err = capsys.readouterr().err.splitlines()
+    _assert_one_line_error(code, err, "holds values between 0 and 1 (max 0.3)", tmp_path / "out")
+
+    edges = np.zeros(shape, np.float32)
+    edges[2:8, 3:9] = 1.0
+    edges[1, 3:9] = 0.6
+    edges[8, 3:9] = 0.2
+    with pytest.warns(UserWarning, match="not binary .*using the voxels above 0.5"):
+        mask = read_mask(_save(tmp_path / "edges.nii.gz", edges), like=like)
+    np.testing.assert_array_equal(mask, edges > 0.5)
+
+
+def test_invalid_affine_warning_shows_plain_numbers(tmp_path):
+    header = nib.Nifti1Header()
+    header.set_data_dtype(np.float32)
+    header.set_data_shape((8, 8, 4))
+    header.set_zooms((1.2, 1.2, 3.0))
+    header.set_sform(np.zeros((4, 4)), code=1)
+    nib.save(
+        nib.Nifti1Image(np.ones((8, 8, 4), np.float32), None, header=header), tmp_path / "z.nii"
+    )
+    with pytest.warns(UserWarning, match="invalid affine") as caught:
+        read_scan(tmp_path / "z.nii")
+    message = str(caught[0].message)
+    assert "np." not in message and "(1.2, 1.2, 3) mm" in message, message

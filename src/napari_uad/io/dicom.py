@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError
+from .limits import check_size
 from .scan import Scan
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -138,7 +139,10 @@ def read_dicom(path: str | os.PathLike) -> Scan:
     InputError
         pydicom missing; no DICOM image in the folder; several series in it; slices that differ
         in orientation, size or spacing; missing slices (a gap in the positions); duplicate
-        positions; multi-frame or compressed files that cannot be decoded.
+        positions; a position, orientation or pixel spacing that is not finite (or a spacing
+        <= 0); more voxels than :func:`napari_uad.io.limits.max_voxels` allows (checked from
+        the headers, before pixel data is read); truncated files; multi-frame or compressed
+        files that cannot be decoded.
     """
     pydicom = _pydicom()
     path = Path(path)
@@ -231,14 +235,16 @@ def _assemble(pydicom, series: list, *, source: Path, name: str) -> Scan:
                     f"{file.name} has no {tag}: cannot place the slice in space; convert the "
                     "series with dcm2niix"
                 )
-
-    orientation = np.array(first.ImageOrientationPatient, dtype=np.float64)
+    positions = np.array([_numbers(ds, "ImagePositionPatient", 3, file) for file, ds in series])
+    orientation = _orientation(first, series[0][0])
     row_cos, col_cos = orientation[:3], orientation[3:]
     normal = np.cross(row_cos, col_cos)
-    spacing = np.array(first.PixelSpacing, dtype=np.float64)  # (between rows, between columns)
+    spacing = _pixel_spacing(first, series[0][0])  # (between rows, between columns)
     rows, cols = int(first.Rows), int(first.Columns)
+    if rows < 1 or cols < 1:
+        raise InputError(f"{series[0][0].name} has no pixels (Rows {rows}, Columns {cols})")
     for file, ds in series[1:]:
-        if not np.allclose(np.array(ds.ImageOrientationPatient, float), orientation, atol=1e-4):
+        if not np.allclose(_orientation(ds, file), orientation, atol=1e-4):
             raise InputError(
                 f"{name}: slices have different orientations ({file.name}): give one series"
             )
@@ -247,10 +253,11 @@ def _assemble(pydicom, series: list, *, source: Path, name: str) -> Scan:
                 f"{name}: slices have different sizes ({file.name} is {int(ds.Rows)}x"
                 f"{int(ds.Columns)}, others {rows}x{cols}): give one series"
             )
-        if not np.allclose(np.array(ds.PixelSpacing, float), spacing, rtol=1e-4):
+        if not np.allclose(_pixel_spacing(ds, file), spacing, rtol=1e-4):
             raise InputError(f"{name}: slices have different pixel spacings ({file.name})")
+    # From the headers alone, before any pixel data is read.
+    check_size((cols, rows, len(series)), name)
 
-    positions = np.array([ds.ImagePositionPatient for _, ds in series], dtype=np.float64)
     along = positions @ normal
     order = np.argsort(along, kind="stable")
     series = [series[k] for k in order]
@@ -277,10 +284,10 @@ def _assemble(pydicom, series: list, *, source: Path, name: str) -> Scan:
             )
         slice_vector = (positions[-1] - positions[0]) / (n - 1)
     else:
-        thickness = float(
+        thickness = _number(
             getattr(first, "SpacingBetweenSlices", None) or getattr(first, "SliceThickness", 1.0)
         )
-        slice_vector = normal * (thickness if thickness > 0 else 1.0)
+        slice_vector = normal * (thickness if np.isfinite(thickness) and thickness > 0 else 1.0)
 
     affine_lps = np.eye(4)
     affine_lps[:3, 0] = row_cos * spacing[1]
@@ -298,8 +305,13 @@ def _assemble(pydicom, series: list, *, source: Path, name: str) -> Scan:
                 f"{file.name}: pixel data has shape {pixels.shape}, expected ({rows}, {cols})"
             )
         stored_dtype = stored_dtype or pixels.dtype
-        slope = float(getattr(ds, "RescaleSlope", 1.0) or 1.0)
-        intercept = float(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+        slope = _number(getattr(ds, "RescaleSlope", 1.0) or 1.0)
+        intercept = _number(getattr(ds, "RescaleIntercept", 0.0) or 0.0)
+        if not (np.isfinite(slope) and np.isfinite(intercept)):
+            raise InputError(
+                f"{file.name} has an invalid RescaleSlope/RescaleIntercept ({_show(slope)}, "
+                f"{_show(intercept)}): expected finite numbers; re-export the series"
+            )
         volume[:, :, k] = pixels.T.astype(np.float32) * np.float32(slope) + np.float32(intercept)
 
     return Scan(
@@ -310,14 +322,79 @@ def _assemble(pydicom, series: list, *, source: Path, name: str) -> Scan:
     )
 
 
+def _number(value) -> float:
+    """A DICOM number as float; NaN when it is not one (e.g. a malformed DS string)."""
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return float("nan")
+
+
+def _show(value) -> str:
+    """Values as plain text for a message (``nan``, not ``np.float64(nan)``)."""
+    if isinstance(value, str) or not hasattr(value, "__iter__"):
+        return str(value)
+    return ", ".join(str(v) for v in value)
+
+
+def _numbers(ds, tag: str, count: int, file: Path) -> np.ndarray:
+    """``count`` finite numbers from a DICOM field, or a one-line InputError naming it."""
+    value = getattr(ds, tag)
+    items = list(value) if hasattr(value, "__iter__") and not isinstance(value, str) else [value]
+    numbers = np.array([_number(v) for v in items], dtype=np.float64)
+    if numbers.size != count or not np.isfinite(numbers).all():
+        raise InputError(
+            f"{file.name} has an invalid {tag} ({_show(value)}): expected {count} finite numbers; "
+            "the slice cannot be placed in space (re-export the series, or convert it with "
+            "dcm2niix)"
+        )
+    return numbers
+
+
+def _orientation(ds, file: Path) -> np.ndarray:
+    """Row and column direction cosines, checked to be two perpendicular directions."""
+    orientation = _numbers(ds, "ImageOrientationPatient", 6, file)
+    row, col = orientation[:3], orientation[3:]
+    sizes = np.linalg.norm(row), np.linalg.norm(col)
+    if min(sizes) < 1e-3 or abs(row @ col) > 1e-2 * sizes[0] * sizes[1]:
+        raise InputError(
+            f"{file.name} has an invalid ImageOrientationPatient ({_show(orientation)}): the row "
+            "and column directions must be perpendicular unit vectors; re-export the series"
+        )
+    return np.concatenate([row / sizes[0], col / sizes[1]])
+
+
+def _pixel_spacing(ds, file: Path) -> np.ndarray:
+    spacing = _numbers(ds, "PixelSpacing", 2, file)
+    if np.any(spacing <= 0):
+        raise InputError(
+            f"{file.name} has an invalid PixelSpacing ({_show(spacing)}): pixel sizes must be "
+            "positive numbers (mm); re-export the series"
+        )
+    return spacing
+
+
 def _read_pixels(pydicom, file: Path):
     try:
         ds = pydicom.dcmread(file)
+    except Exception as err:  # pydicom raises many kinds of errors for damaged files
+        raise InputError(
+            f"Cannot read {file.name}: the file is truncated or corrupt ({_reason(err)}); "
+            "re-copy or re-export the series"
+        ) from err
+    try:
         pixels = np.asarray(ds.pixel_array)
     except Exception as err:  # decoders raise many kinds of errors
+        have, need = _pixel_bytes(ds)
+        if _compressed(ds) and (need is None or have is None or have >= need):
+            raise InputError(
+                f"Cannot read the pixels of {file.name} ({_reason(err)}); compressed DICOM needs "
+                "pip install pylibjpeg pylibjpeg-libjpeg (or convert with dcm2niix)"
+            ) from err
+        size = f"{have} bytes of pixel data, {need} expected" if have is not None else _reason(err)
         raise InputError(
-            f"Cannot read the pixels of {file.name} ({_reason(err)}); compressed DICOM needs "
-            "pip install pylibjpeg pylibjpeg-libjpeg (or convert with dcm2niix)"
+            f"Cannot read the pixels of {file.name}: the file is truncated or corrupt ({size}); "
+            "re-copy or re-export the series"
         ) from err
     if pixels.ndim != 2:
         raise InputError(
@@ -325,6 +402,28 @@ def _read_pixels(pydicom, file: Path):
             "greyscale single-frame series"
         )
     return pixels, ds
+
+
+def _compressed(ds) -> bool:
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    return bool(getattr(syntax, "is_compressed", False))
+
+
+def _pixel_bytes(ds) -> tuple[int | None, int | None]:
+    """Bytes of pixel data present, and the number uncompressed data needs (None: unknown)."""
+    data = getattr(ds, "PixelData", None)
+    have = len(data) if data is not None else None
+    try:
+        need = (
+            int(ds.Rows)
+            * int(ds.Columns)
+            * int(getattr(ds, "SamplesPerPixel", 1) or 1)
+            * int(getattr(ds, "NumberOfFrames", 1) or 1)
+            * -(-int(ds.BitsAllocated) // 8)
+        )
+    except (AttributeError, TypeError, ValueError):
+        need = None
+    return have, need
 
 
 def _nifti_header(affine, shape, dtype, ds):

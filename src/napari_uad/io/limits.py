@@ -33,12 +33,16 @@ def max_voxels() -> int:
     if not value:
         return DEFAULT_MAX_VOXELS
     try:
-        limit = int(float(value))
+        number = float(value)
     except ValueError:
-        limit = 0
-    if limit < 1:
-        raise InputError(f"{MAX_VOXELS_ENV} must be a positive number of voxels, got {value!r}")
-    return limit
+        number = math.nan
+    # float() also takes "inf", "nan" and "1e400" (inf), which int() cannot convert.
+    if not (math.isfinite(number) and number >= 1 and number == int(number)):
+        raise InputError(
+            f"{MAX_VOXELS_ENV} must be a positive integer (a number of voxels, e.g. "
+            f"{DEFAULT_MAX_VOXELS}), got {value!r}: fix or unset it"
+        )
+    return int(number)
 
 
 def check_size(shape, name: str = "the scan") -> None:

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import errno
 import gzip
+import logging
 import os
+import re
+import struct
+import threading
 import warnings
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import nibabel as nib
@@ -87,12 +93,20 @@ def read_scan(path: str | os.PathLike) -> Scan:
     Raises
     ------
     InputError
-        The file is missing, has an unsupported extension, is corrupt or is not an image; or
-        the DICOM folder is not one complete series.
+        The file is missing (or a broken link, or a symbolic link loop), has an unsupported
+        extension, is corrupt (for ``.nii.gz``: a gzip CRC or length check fails) or is not an
+        image; it has more voxels than :func:`napari_uad.io.limits.max_voxels` allows (checked
+        from the header, before decoding); or the DICOM folder is not one complete series.
+
+    Warns
+    -----
+    UserWarning
+        Header problems: nibabel's fixes to a damaged header; sform and qform that disagree
+        (the sform is used, as nibabel does); a sform with NaN/Inf values (the qform is used);
+        no usable affine at all (voxel sizes only).
     """
     path = Path(path)
-    if not path.exists():
-        raise InputError(f"File not found: {path}")
+    _check_exists(path)
     if path.is_dir() or path.suffix.lower() in (".dcm", ".dicom", ".ima"):
         from .dicom import read_dicom
 
@@ -111,13 +125,144 @@ def read_scan(path: str | os.PathLike) -> Scan:
     return Scan(data=data, affine=affine, header=header, source=path)
 
 
-def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
+def _check_exists(path: Path) -> None:
+    """Raise a one-line InputError for a missing file, a broken link or a symbolic link loop."""
     try:
-        img = nib.load(path, mmap=False)
+        os.stat(path)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise InputError(
+                f"Cannot read {path}: it leads into a symbolic link loop; fix the link"
+            ) from None
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            if path.is_symlink():
+                raise InputError(
+                    f"Cannot read {path}: it is a broken symbolic link (to {os.readlink(path)}); "
+                    "fix the link"
+                ) from None
+            raise InputError(f"File not found: {path}") from None
+        raise InputError(f"Cannot read {path}: {err.strerror or _reason(err)}") from None
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
+    if not path.name.lower().endswith(".gz"):
+        return _nifti_contents(_load_nifti(path, lambda: nib.load(path, mmap=False)), path)
+    # nibabel does not read a .gz file to its end, so its CRC and length are never checked and
+    # a damaged file reads as silently wrong voxels. Read through one gzip stream to its end:
+    # one pass of decompression, and the same memory as nibabel's own reading.
+    try:
+        with gzip.open(path, "rb") as stream:
+            img = _load_nifti(path, lambda: _nifti_from_gzip(stream, path))
+            contents = _nifti_contents(img, path)
+            _read_to_end(stream)
+    except InputError:
+        raise
     except _READ_ERRORS as err:
-        raise InputError(
-            f"Cannot read {path.name}: not a valid NIfTI file ({_reason(err)})"
-        ) from err
+        raise _read_error(path, err) from err
+    return contents
+
+
+def _nifti_from_gzip(stream, path: Path) -> nib.Nifti1Image:
+    start = stream.read(nib.Nifti2Header.sizeof_hdr + 4)
+    for klass in (nib.Nifti1Image, nib.Nifti2Image):
+        if klass.header_class.may_contain_header(start):
+            break
+    else:
+        raise nib.filebasedimages.ImageFileError("no NIfTI-1 or NIfTI-2 header")
+    holder = nib.FileHolder(filename=str(path), fileobj=stream)
+    return klass.from_file_map({"image": holder}, mmap=False)
+
+
+def _read_to_end(stream) -> None:
+    """Decompress the rest of a gzip stream: Python's gzip checks each member's CRC and length."""
+    try:
+        while stream.read(1 << 20):
+            pass
+    except gzip.BadGzipFile as err:
+        if not str(err).startswith("Not a gzipped file"):
+            raise
+        # Bytes after the last complete (and checked) member: gzip -t ignores them too.
+
+
+def _gzip_damage(err: BaseException) -> str | None:
+    """What is wrong with a gzip stream, from the error reading it (None: not a gzip error)."""
+    text = str(err)
+    if isinstance(err, EOFError):
+        return "truncated"
+    if isinstance(err, zlib.error):
+        return "invalid compressed data"
+    if isinstance(err, gzip.BadGzipFile):
+        if text.startswith("CRC check failed"):
+            return "CRC check failed"
+        if "length" in text.lower():
+            return "length check failed"
+        return text.split(" (")[0].lower()
+    return None
+
+
+def _read_error(path: Path, err: BaseException, what: str = "not a valid NIfTI file"):
+    """The InputError for a file that failed to read (gzip damage is named as such)."""
+    damage = _gzip_damage(err)
+    if damage == "not a gzipped file":
+        return InputError(
+            f"Cannot read {path.name}: not a valid NIfTI file (not gzip-compressed, although the "
+            "name ends in .gz); if it is an uncompressed NIfTI file, rename it to .nii"
+        )
+    if damage:
+        return InputError(
+            f"Cannot read {path.name}: the gzip data is damaged ({damage}); re-export or "
+            "re-copy the file"
+        )
+    reason = _reason(err)
+    if reason.startswith("Cannot work out file type"):  # nibabel found no header it knows
+        reason = "no NIfTI-1 or NIfTI-2 header"
+    return InputError(f"Cannot read {path.name}: {what} ({reason})")
+
+
+_LOG_LOCK = threading.Lock()
+
+
+class _Collect(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record):
+        message = record.getMessage().strip().replace("\n", " ")
+        if message and message not in self.messages:
+            self.messages.append(message)
+
+
+@contextmanager
+def _captured_log(name: str):
+    """Collect what a library logs (nibabel and tifffile print to stderr) instead of printing."""
+    logger = logging.getLogger(name)
+    handler = _Collect()
+    with _LOG_LOCK:
+        handlers, propagate = logger.handlers, logger.propagate
+        logger.handlers, logger.propagate = [handler], False
+        try:
+            yield handler.messages
+        finally:
+            logger.handlers, logger.propagate = handlers, propagate
+
+
+def _load_nifti(path: Path, load) -> nib.Nifti1Image:
+    """``load()`` the header; nibabel's notes on a damaged header become one warning."""
+    try:
+        with _captured_log("nibabel.global") as notes:
+            img = load()
+    except _READ_ERRORS as err:
+        raise _read_error(path, err) from err
+    if notes:
+        warnings.warn(
+            f"{path.name} has a damaged header, read with nibabel's fixes: {'; '.join(notes)}",
+            stacklevel=4,
+        )
+    return img
+
+
+def _nifti_contents(img, path: Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
     if not isinstance(img, nib.Nifti1Image):
         raise InputError(f"Cannot read {path.name}: not a NIfTI image")
     shape = tuple(img.shape)
@@ -134,7 +279,7 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
         if len(shape) > 3:
             warnings.warn(
                 f"{path.name} has shape {tuple(img.shape)}: using only the first volume",
-                stacklevel=3,
+                stacklevel=4,
             )
             index = (slice(None),) * 3 + (0,) * (len(img.shape) - 3)
             data = _as_float32(img.dataobj[index], path)
@@ -148,28 +293,88 @@ def _read_nifti(path: Path) -> tuple[np.ndarray, np.ndarray, nib.Nifti1Header]:
             "crop or downsample the scan"
         ) from None
     except _READ_ERRORS as err:
-        raise InputError(
-            f"Cannot read {path.name}: the file is corrupt or truncated ({_reason(err)})"
-        ) from err
+        raise _read_error(path, err, "the file is corrupt or truncated") from err
     data = data.reshape(shape[:3] + (1,) * (3 - len(shape)))
+    return np.ascontiguousarray(data), _choose_affine(img, data.shape, path), img.header.copy()
+
+
+def _choose_affine(img, shape: tuple[int, ...], path: Path) -> np.ndarray:
+    """The voxel-to-world transform, by nibabel's rules, but never an unusable one.
+
+    The sform is used when its code is set, else the qform when its code is set, else the
+    voxel sizes (as nibabel does). A sform with NaN/Inf values (or singular) gives way to a valid
+    qform; when both are set and disagree, a warning says so.
+    """
+    header = img.header
+    sform = _coded_form(header, "sform")
+    qform = _coded_form(header, "qform")
+    good_q = qform is not None and _usable_affine(qform)
+    if sform is not None and _usable_affine(sform):
+        if good_q:
+            _warn_if_forms_differ(sform, qform, shape, path)
+        return sform
+    if good_q:
+        if sform is not None:
+            problem = "NaN or Inf values" if not np.isfinite(sform).all() else "it is singular"
+            warnings.warn(
+                f"{path.name} has an invalid sform ({problem}): using its qform instead",
+                stacklevel=5,
+            )
+        return qform
     affine = np.array(img.affine, dtype=np.float64)
-    if not _usable_affine(affine):
-        zooms = np.asarray(img.header.get_zooms()[:3], dtype=np.float64)
-        zooms = np.where(np.isfinite(zooms) & (zooms > 0), zooms, 1.0)
-        zooms = np.concatenate([zooms, np.ones(3 - zooms.size)])
+    if _usable_affine(affine):
+        return affine
+    zooms = np.asarray(header.get_zooms()[:3], dtype=np.float64)
+    zooms = np.where(np.isfinite(zooms) & (zooms > 0), zooms, 1.0)
+    zooms = np.concatenate([zooms, np.ones(3 - zooms.size)])
+    warnings.warn(
+        f"{path.name} has an invalid affine: using voxel sizes "
+        f"({', '.join(f'{z:g}' for z in zooms)}) mm without orientation",
+        stacklevel=5,
+    )
+    return np.diag(np.append(zooms, 1.0))
+
+
+def _coded_form(header, which: str) -> np.ndarray | None:
+    """The header's sform or qform if its code is set (> 0), else None."""
+    if int(header[f"{which}_code"]) <= 0:
+        return None
+    try:
+        with np.errstate(all="ignore"):
+            form = header.get_sform() if which == "sform" else header.get_qform()
+    except (nib.spatialimages.HeaderDataError, ValueError, np.linalg.LinAlgError):
+        return np.full((4, 4), np.nan)
+    return np.asarray(form, dtype=np.float64)
+
+
+def _warn_if_forms_differ(sform, qform, shape, path: Path) -> None:
+    s_axes = "".join(nib.aff2axcodes(sform))
+    q_axes = "".join(nib.aff2axcodes(qform))
+    if s_axes != q_axes:
         warnings.warn(
-            f"{path.name} has an invalid affine: using voxel sizes {tuple(zooms)} mm without "
-            "orientation",
-            stacklevel=3,
+            f"{path.name}: its sform ({s_axes}) and qform ({q_axes}) disagree in orientation; "
+            "using the sform, as nibabel does: check which is right (e.g. left-right) and fix "
+            "the header",
+            stacklevel=6,
         )
-        affine = np.diag(np.append(zooms, 1.0))
-    return np.ascontiguousarray(data), affine, img.header.copy()
+        return
+    shift = _max_corner_distance(sform, qform, shape)
+    s_axis = sform[:3, :3] / np.linalg.norm(sform[:3, :3], axis=0)
+    q_axis = qform[:3, :3] / np.linalg.norm(qform[:3, :3], axis=0)
+    angle = float(np.degrees(np.arccos(np.clip((s_axis * q_axis).sum(0), -1, 1))).max())
+    if shift > 1.0 or angle > 1.0:
+        warnings.warn(
+            f"{path.name}: its sform and qform differ by up to {shift:.1f} mm and "
+            f"{angle:.1f} degrees; using the sform, as nibabel does: check which is right and "
+            "fix the header",
+            stacklevel=6,
+        )
 
 
 def _as_float32(values, path: Path) -> np.ndarray:
     """Scaled voxel values as float32; complex values become their magnitude."""
     if np.dtype(values.dtype).kind == "c":
-        warnings.warn(f"{path.name} has complex voxels: using their magnitude", stacklevel=4)
+        warnings.warn(f"{path.name} has complex voxels: using their magnitude", stacklevel=5)
         return np.abs(np.asarray(values)).astype(np.float32)
     with np.errstate(over="ignore", invalid="ignore"):
         data = np.asarray(values, dtype=np.float32)
@@ -195,12 +400,23 @@ def _usable_affine(affine: np.ndarray) -> bool:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    from skimage import io as skio
+    """A 2-D image file as float32 (H, W, 1); its size is checked from the header first."""
+    if path.suffix.lower() in (".tif", ".tiff"):
+        image = _read_tiff(path)
+    else:
+        _check_image_header(path)
+        from PIL import Image
+        from skimage import io as skio
 
-    try:
-        image = np.asarray(skio.imread(path))
-    except Exception as err:  # imageio and tifffile raise many kinds of errors
-        raise InputError(f"Cannot read {path.name}: not a valid image ({_reason(err)})") from err
+        try:
+            with warnings.catch_warnings():
+                # The size is checked already; Pillow's warning would reach the user raw.
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                image = np.asarray(skio.imread(path))
+        except Exception as err:  # imageio raises many kinds of errors
+            raise InputError(
+                f"Cannot read {path.name}: not a valid image ({_reason(err)})"
+            ) from err
     if image.ndim == 3 and image.shape[-1] in (3, 4):
         image = image[..., :3].astype(np.float32) @ _LUMINANCE
     elif image.ndim == 3 and image.shape[-1] == 2:
@@ -213,6 +429,78 @@ def _read_image(path: Path) -> np.ndarray:
         raise InputError(f"{path.name} is not an image (shape {image.shape})")
     check_size(image.shape, path.name)
     return np.ascontiguousarray(image, dtype=np.float32)[:, :, None]
+
+
+def _check_plane(shape: tuple[int, ...], path: Path) -> None:
+    """Refuse, before decoding, an image that is a stack or has more pixels than the limit."""
+    plane = shape[:2] if len(shape) == 2 or (len(shape) == 3 and shape[-1] <= 4) else ()
+    if not plane:
+        raise InputError(
+            f"{path.name} has shape {shape}: give a 2-D image (stacks: convert to NIfTI)"
+        )
+    check_size(plane, path.name)
+
+
+def _read_tiff(path: Path) -> np.ndarray:
+    """Read the first series of a TIFF file (as ``skimage.io.imread`` does), size checked first."""
+    import tifffile
+
+    try:
+        with _captured_log("tifffile") as notes, tifffile.TiffFile(path) as tif:
+            shape = tuple(int(n) for n in tif.series[0].shape) if tif.series else ()
+            if not shape or min(shape) < 1:
+                detail = re.sub(r"^<[^>]*>\s*", "", notes[0]) if notes else "no image in it"
+                raise InputError(f"Cannot read {path.name}: not a valid image ({detail})")
+            _check_plane(shape, path)
+            return np.asarray(tif.asarray())
+    except (InputError, MemoryError):
+        raise
+    except Exception as err:  # tifffile raises many kinds of errors
+        raise InputError(f"Cannot read {path.name}: not a valid image ({_reason(err)})") from err
+
+
+def _check_image_header(path: Path) -> None:
+    """Check a PNG's size from its header (Pillow reads it without decoding the pixels)."""
+    from PIL import Image
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                width, height = image.size
+                frames = int(getattr(image, "n_frames", 1) or 1)
+    except Image.DecompressionBombError:
+        # Pillow refuses more than 2 * Image.MAX_IMAGE_PIXELS before our limit is applied.
+        size = _png_size(path)
+        if size is None:
+            raise InputError(
+                f"{path.name} is too large for the image reader: convert it to NIfTI"
+            ) from None
+        width, height = size
+        check_size((height, width), path.name)
+        raise InputError(
+            f"{path.name} has {width * height:,} pixels, more than the image reader accepts "
+            f"({2 * Image.MAX_IMAGE_PIXELS:,}): convert it to NIfTI"
+        ) from None
+    except Exception as err:  # Pillow raises many kinds of errors
+        raise InputError(f"Cannot read {path.name}: not a valid image ({_reason(err)})") from err
+    if frames > 1:
+        raise InputError(
+            f"{path.name} has {frames} frames: give a 2-D image (stacks: convert to NIfTI)"
+        )
+    check_size((height, width), path.name)
+
+
+def _png_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from a PNG's IHDR chunk, or None if the file does not start like a PNG."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(24)
+    except OSError:
+        return None
+    if len(head) < 24 or head[:8] != b"\x89PNG\r\n\x1a\n" or head[12:16] != b"IHDR":
+        return None
+    return struct.unpack(">II", head[16:24])
 
 
 def _replace_non_finite(data: np.ndarray, path: Path) -> np.ndarray:
@@ -235,7 +523,9 @@ def read_mask(path: str | os.PathLike, *, like: Scan) -> np.ndarray:
     Parameters
     ----------
     path : str or path-like
-        Mask file (any format `read_scan` reads); voxels > 0.5 are inside.
+        Mask file (any format `read_scan` reads); voxels > 0.5 are inside, the usual threshold
+        for a mask resampled with interpolation (its edges hold values between 0 and 1) and for
+        a probability map.
     like : Scan
         Scan the mask belongs to.
 
@@ -243,12 +533,14 @@ def read_mask(path: str | os.PathLike, *, like: Scan) -> np.ndarray:
     -------
     ndarray of bool, shape (X, Y, Z)
         Same shape as ``like.data``. A warning is given when the mask's affine places voxels
-        more than 1e-3 mm away from the scan's.
+        more than 1e-3 mm away from the scan's, and when the mask is not binary (values between
+        0 and 1 were thresholded at 0.5).
 
     Raises
     ------
     InputError
-        The file cannot be read or its shape differs from the scan's.
+        The file cannot be read or its shape differs from the scan's; or the mask has values
+        between 0 and 1 but none above 0.5 (a probability map that thresholding would empty).
     """
     mask = read_scan(path)
     if mask.shape != like.shape:
@@ -264,7 +556,21 @@ def read_mask(path: str | os.PathLike, *, like: Scan) -> np.ndarray:
                 "mm apart); using it voxel by voxel",
                 stacklevel=2,
             )
-    return mask.data > 0.5
+    inside = mask.data > 0.5
+    fractional = (mask.data > 0) & (mask.data < 1)
+    if fractional.any():
+        largest = float(mask.data.max())
+        if not inside.any():
+            raise InputError(
+                f"Mask {Path(path).name} holds values between 0 and 1 (max {largest:.3g}), none "
+                "above 0.5: give a binary mask, or threshold it at the level you want"
+            )
+        warnings.warn(
+            f"Mask {Path(path).name} is not binary (values between 0 and 1, max {largest:.3g}): "
+            "using the voxels above 0.5",
+            stacklevel=2,
+        )
+    return inside
 
 
 def _max_corner_distance(a: np.ndarray, b: np.ndarray, shape: tuple[int, ...]) -> float:
@@ -327,9 +633,12 @@ def write_nifti(path: str | os.PathLike, data: np.ndarray, *, like: Scan, dtype=
 def _same_file(path: Path, source: Path | None) -> bool:
     if source is None:
         return False
-    if path.exists() and source.exists():
-        return os.path.samefile(path, source)
-    return path.resolve() == Path(source).resolve()
+    try:
+        if path.exists() and source.exists():
+            return os.path.samefile(path, source)
+        return path.resolve() == Path(source).resolve()
+    except (OSError, RuntimeError):  # a symbolic link loop (RuntimeError before Python 3.13)
+        return False
 
 
 def _cast(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
