@@ -879,7 +879,13 @@ def _parse_options(items: list[str], *, flag: str = "--option") -> dict:
 def _models(args) -> int:
     from .models.registry import list_models, user_models_dir
 
-    models = list_models()
+    found = list_models(include_broken=True)
+    models = [m for m in found if m.error is None]
+    for m in found:
+        if m.error is not None:
+            print(
+                f"napari-uad: warning: skipped broken model {m.name!r}: {m.error}", file=sys.stderr
+            )
     if not models:
         print(f"no models installed (user folder: {user_models_dir()})")
         return 0

@@ -375,6 +375,7 @@ class Method(ABC):
                 )
                 total = planned_total(start)
                 continue
+            self._check_finite(out_healthy, out_anomaly)
             healthy[start:stop] = out_healthy[:, 0].float().cpu().numpy()
             anomaly[start:stop] = out_anomaly[:, 0].float().cpu().numpy()
             intermediates.append(estimates)
@@ -383,6 +384,21 @@ class Method(ABC):
         if keep_intermediates:
             stacked = [np.concatenate(parts) for parts in zip(*intermediates, strict=True)]
         return healthy, anomaly, stacked
+
+    def _check_finite(self, healthy: torch.Tensor, anomaly: torch.Tensor) -> None:
+        """Raise a one-line ``CheckpointError`` when a batch's results hold NaN or Inf.
+
+        The inputs are finite (the pipeline replaces non-finite voxels), so non-finite results
+        come from the network: weights that load but overflow, or are otherwise broken.
+        """
+        if bool(torch.isfinite(healthy).all()) and bool(torch.isfinite(anomaly).all()):
+            return
+        from ..models.checkpoint import CheckpointError
+
+        raise CheckpointError(
+            f"model {self.config.name!r} computes non-finite values (NaN/Inf) for {self.name}: "
+            "the weights are broken; retrain or re-download it"
+        )
 
     @abstractmethod
     def evaluations_per_slice(self, params: dict[str, Any]) -> int:

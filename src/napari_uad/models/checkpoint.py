@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..io.atomic import atomic_write, atomic_write_text
+from ..io.atomic import _umask, atomic_write, atomic_write_text
 from .config import ModelConfig
 from .discriminator import DiscriminatorConfig, PatchDiscriminator
 from .unet import UNet
@@ -21,6 +22,8 @@ CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 _PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin", ".pkl", ".pickle")
+#: Largest ``config.json`` read (the shipped ones are about 3 kB).
+MAX_CONFIG_BYTES = 16 * 2**20
 
 
 class CheckpointError(ValueError):
@@ -74,16 +77,53 @@ def _write_weights(path: Path, module: nn.Module, *, half: bool) -> None:
         .contiguous()
         for key, value in module.state_dict().items()
     }
-    atomic_write(path, lambda temp: save_file(tensors, temp))
+    atomic_write(path, lambda temp: _write_safetensors(temp, tensors))
+
+
+def _write_safetensors(path, tensors: dict[str, torch.Tensor], metadata=None) -> None:
+    """``safetensors.torch.save_file``, leaving the file readable as the umask allows.
+
+    safetensors creates its files with mode 0600; this gives them ``0666 & ~umask`` (0644
+    under the usual umask 022), like every other file written, so a shared model folder can be
+    read by others.
+
+    Parameters
+    ----------
+    path : path
+    tensors : dict of str to tensor
+        Contiguous CPU tensors.
+    metadata : dict of str to str, optional
+    """
+    save_file(tensors, str(path), metadata=metadata)
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def load_config(folder) -> ModelConfig:
-    """Read and validate a checkpoint's ``config.json``."""
+    """Read and validate a checkpoint's ``config.json``.
+
+    Raises
+    ------
+    CheckpointError
+        One line, when the file cannot be read, is not JSON, or holds a value of the wrong
+        type or out of range (see :meth:`ModelConfig.from_dict`).
+    """
     folder = _checkpoint_folder(folder)
+    path = folder / CONFIG_NAME
     try:
-        data = json.loads((folder / CONFIG_NAME).read_text())
+        size = path.stat().st_size
+        if size <= MAX_CONFIG_BYTES:
+            data = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"cannot read {folder / CONFIG_NAME}: {error}") from None
+        raise CheckpointError(f"cannot read {path}: {error}") from None
+    except RecursionError:
+        raise CheckpointError(
+            f"cannot read {path}: lists or objects nested too deeply; replace the file"
+        ) from None
+    if size > MAX_CONFIG_BYTES:
+        raise CheckpointError(
+            f"{path} is {size / 2**20:,.0f} MiB, above the {MAX_CONFIG_BYTES // 2**20} MiB a "
+            "model config may have; replace the file"
+        )
     try:
         return ModelConfig.from_dict(data)
     except ValueError as error:
@@ -123,9 +163,9 @@ def load_component(folder, name: str, *, config: ModelConfig | None = None, devi
         raise CheckpointError(f"{folder / CONFIG_NAME} describes no component {name!r}")
     build, config_class = _COMPONENT_KINDS[entry["kind"]]
     try:
-        module = build(config_class.from_dict(entry.get("config", {})))
+        module = build(config_class.from_dict(entry.get("config", {}), where=f"components.{name}"))
     except (TypeError, ValueError) as error:
-        raise CheckpointError(f"{folder / CONFIG_NAME}: component {name!r}: {error}") from None
+        raise CheckpointError(f"{folder / CONFIG_NAME}: {error}") from None
     path = folder / f"{name}.safetensors"
     if not path.is_file():
         raise CheckpointError(f"{folder}: {path.name} is missing")

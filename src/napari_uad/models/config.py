@@ -5,9 +5,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from . import bounds
+from .discriminator import DiscriminatorConfig
 from .unet import UNetConfig
+from .vae import VAEConfig
 
 FORMAT_VERSION = 1
+BETA_SCHEDULES = ("linear", "cosine")
+PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
+#: Configuration classes of the further networks a checkpoint may hold, by ``kind``.
+COMPONENT_CONFIGS = {"vae": VAEConfig, "discriminator": DiscriminatorConfig}
 
 
 @dataclass
@@ -21,6 +28,37 @@ class DiffusionConfig:
     simplex: dict = field(
         default_factory=lambda: {"octaves": 6, "persistence": 0.8, "frequency": 4.0}
     )
+
+    @classmethod
+    def from_dict(cls, data: dict, *, where: str = "diffusion") -> DiffusionConfig:
+        """Build from parsed JSON, checking every value.
+
+        Raises
+        ------
+        ValueError
+            Naming the first setting of the wrong type or out of range (2 to 100,000 training
+            timesteps, a known schedule and prediction type, 1 to 16 simplex octaves).
+        """
+        bounds.mapping(where, data)
+        unknown = set(data) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown diffusion settings: {sorted(unknown)}")
+        config = cls(**data)
+        bounds.integer(f"{where}.num_train_timesteps", config.num_train_timesteps, 2, 100_000)
+        bounds.choice(f"{where}.beta_schedule", config.beta_schedule, BETA_SCHEDULES)
+        bounds.choice(f"{where}.prediction_type", config.prediction_type, PREDICTION_TYPES)
+        bounds.text(f"{where}.noise", config.noise, max_length=64)
+        simplex = bounds.mapping(f"{where}.simplex", config.simplex)
+        unknown = set(simplex) - {"octaves", "persistence", "frequency"}
+        if unknown:
+            raise ValueError(f"unknown {where}.simplex settings: {sorted(unknown)}")
+        if "octaves" in simplex:
+            bounds.integer(f"{where}.simplex.octaves", simplex["octaves"], 1, 16)
+        if "persistence" in simplex:
+            bounds.number(f"{where}.simplex.persistence", simplex["persistence"], 0, 4)
+        if "frequency" in simplex:
+            bounds.number(f"{where}.simplex.frequency", simplex["frequency"], 1e-3, 1024)
+        return config
 
 
 @dataclass
@@ -72,22 +110,41 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Build from parsed JSON, raising ``ValueError`` on anything unexpected."""
+        """Build from parsed JSON, checking every value before anything is built.
+
+        Raises
+        ------
+        ValueError
+            On anything unexpected, naming the setting and the allowed values: unknown keys,
+            wrong types, nesting deeper than 32 levels, a grid outside 8..1024 or not a
+            multiple of the networks' downsampling, networks above 500 M parameters.
+        """
         if not isinstance(data, dict):
             raise ValueError("config.json must hold a JSON object")
+        bounds.check_depth(data)
         data = dict(data)
         version = data.get("format_version", FORMAT_VERSION)
-        if version != FORMAT_VERSION:
-            raise ValueError(f"config.json format_version {version} is not supported")
+        if version != FORMAT_VERSION or isinstance(version, bool):
+            raise ValueError(f"config.json format_version {bounds.short(version)} is not supported")
         known = set(cls.__dataclass_fields__)
         unknown = set(data) - known
         if unknown:
             raise ValueError(f"config.json has unknown keys: {sorted(unknown)}")
         if "name" not in data:
             raise ValueError("config.json lacks the model 'name'")
+        bounds.text("name", data["name"])
+        if "method" in data:
+            bounds.text("method", data["method"], max_length=64)
+        if "grid" in data:
+            bounds.integer("grid", data["grid"], 8, 1024)
+        for key in ("preprocessing", "defaults", "calibration", "training", "components"):
+            if key in data:
+                bounds.mapping(key, data[key])
+        _check_preprocessing(data.get("preprocessing", {}))
+        _check_calibration(data.get("calibration", {}))
+        data["unet"] = UNetConfig.from_dict(data.get("unet", {}))
+        data["diffusion"] = DiffusionConfig.from_dict(data.get("diffusion", {}))
         try:
-            data["unet"] = UNetConfig.from_dict(data.get("unet", {}))
-            data["diffusion"] = DiffusionConfig(**data.get("diffusion", {}))
             config = cls(**data)
         except TypeError as error:
             raise ValueError(f"config.json is malformed: {error}") from None
@@ -95,4 +152,44 @@ class ModelConfig:
             raise ValueError(
                 f"grid {config.grid} is not a multiple of {config.unet.downsampling_factor}"
             )
+        for name, entry in config.components.items():
+            _check_component(str(name), entry, config)
         return config
+
+
+def _check_preprocessing(preprocessing: dict) -> None:
+    lower = preprocessing.get("lower_percentile", 1.0)
+    upper = preprocessing.get("upper_percentile", 99.0)
+    bounds.number("preprocessing.lower_percentile", lower, 0, 100)
+    bounds.number("preprocessing.upper_percentile", upper, 0, 100)
+    if lower >= upper:
+        raise ValueError(
+            f"preprocessing.lower_percentile ({lower}) must be below upper_percentile ({upper})"
+        )
+
+
+def _check_calibration(calibration: dict) -> None:
+    entries = {"calibration": calibration}
+    methods = calibration.get("methods", {})
+    bounds.mapping("calibration.methods", methods)
+    entries.update({f"calibration.methods.{k}": v for k, v in methods.items()})
+    for where, entry in entries.items():
+        bounds.mapping(where, entry)
+        if entry.get("threshold") is not None:
+            bounds.number(f"{where}.threshold", entry["threshold"], -1e30, 1e30)
+
+
+def _check_component(name: str, entry: Any, config: ModelConfig) -> None:
+    where = f"components.{name}"
+    bounds.mapping(where, entry)
+    kind = bounds.choice(f"{where}.kind", entry.get("kind"), tuple(COMPONENT_CONFIGS))
+    component = COMPONENT_CONFIGS[kind].from_dict(entry.get("config", {}), where=where)
+    if "scale" in entry:
+        bounds.number(f"{where}.scale", entry["scale"], 1e-6, 1e6)
+    if kind == "vae":
+        # The UNet runs on the autoencoder's latent grid.
+        factor = component.downsampling_factor * config.unet.downsampling_factor
+        if config.grid % factor:
+            raise ValueError(
+                f"grid {config.grid} is not a multiple of {factor} ({where} and unet downsampling)"
+            )

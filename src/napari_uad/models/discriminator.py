@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from . import bounds
 from .unet import timestep_embedding
 
 
@@ -31,11 +32,37 @@ class DiscriminatorConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict) -> DiscriminatorConfig:
+    def from_dict(cls, data: dict, *, where: str = "discriminator") -> DiscriminatorConfig:
+        """Build from parsed JSON, checking every value before anything is built.
+
+        Parameters
+        ----------
+        data : dict
+            The component's ``config`` object; missing settings take the defaults.
+        where : str
+            Name of the object in error messages.
+
+        Raises
+        ------
+        ValueError
+            Naming the first setting of the wrong type or out of range.
+        """
+        bounds.mapping(where, data)
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown discriminator settings: {sorted(unknown)}")
-        return cls(**data)
+        value = {**cls().to_dict(), **data}
+        base = bounds.integer(f"{where}.base_channels", value["base_channels"], 4, 1024)
+        if base % 4:
+            # Its GroupNorm has 8 groups over twice the base width.
+            raise ValueError(f"{where}.base_channels must be a multiple of 4, got {base}")
+        config = cls(
+            in_channels=bounds.integer(f"{where}.in_channels", value["in_channels"], 1, 64),
+            base_channels=base,
+            num_layers=bounds.integer(f"{where}.num_layers", value["num_layers"], 1, 8),
+        )
+        bounds.check_parameters(where, lambda: PatchDiscriminator(config))
+        return config
 
 
 class PatchDiscriminator(nn.Module):

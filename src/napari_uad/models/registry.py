@@ -29,7 +29,12 @@ def model_search_path() -> list[Path]:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """A model found on disk."""
+    """A model found on disk.
+
+    ``error`` is None for a usable model; for a broken folder (listed only with
+    ``list_models(include_broken=True)``) it says what is wrong, in one line, and ``method``
+    and ``noise`` are empty, ``grid`` is 0.
+    """
 
     name: str
     method: str
@@ -38,6 +43,7 @@ class ModelInfo:
     grid: int
     noise: str
     size_mb: float
+    error: str | None = None
 
 
 def resolve_model(name_or_path) -> Path:
@@ -96,32 +102,91 @@ def model_output_folder(name_or_path) -> Path:
     return user_models_dir() / value
 
 
-def list_models(method: str | None = None) -> list[ModelInfo]:
-    """Installed models (user folder first), optionally only those of one method."""
-    found: dict[str, ModelInfo] = {}
+def list_models(method: str | None = None, *, include_broken: bool = False) -> list[ModelInfo]:
+    """Installed models (user folder first), optionally only those of one method.
+
+    A folder that holds ``config.json`` or ``model.safetensors`` but cannot be used (a config
+    that is not valid JSON or out of range, missing weights, unreadable files) never stops the
+    listing: it is skipped, or listed with its ``error`` when ``include_broken`` is True. A
+    broken folder with both files hides a model of the same name further down the search path,
+    as it does for :func:`resolve_model`.
+
+    Parameters
+    ----------
+    method : str, optional
+        Only models of this method family (broken ones are listed whatever their method).
+    include_broken : bool
+        Also list the broken folders, with ``error`` set.
+
+    Returns
+    -------
+    list of ModelInfo
+    """
+    taken: set[str] = set()  # names resolve_model finds earlier in the search path
+    good: list[ModelInfo] = []
+    broken: list[ModelInfo] = []
     for folder, source in zip(model_search_path(), ("user", "package"), strict=True):
-        if not folder.is_dir():
+        try:
+            paths = sorted(folder.iterdir()) if folder.is_dir() else []
+        except OSError:
             continue
-        for path in sorted(folder.iterdir()):
-            if path.name in found or not (path / CONFIG_NAME).is_file():
+        for path in paths:
+            if path.name in taken or path.name.startswith(".") or not _is_model_folder(path):
                 continue
             try:
-                config = load_config(path)
-            except CheckpointError:
+                info = _model_info(path, source)
+            except Exception as error:  # noqa: BLE001 - one bad folder must not hide the rest
+                message = str(error).strip().splitlines()[0] if str(error).strip() else ""
+                broken.append(
+                    ModelInfo(
+                        name=path.name,
+                        method="",
+                        path=path,
+                        source=source,
+                        grid=0,
+                        noise="",
+                        size_mb=0.0,
+                        error=message or type(error).__name__,
+                    )
+                )
+                if _has_both_files(path):
+                    taken.add(path.name)
                 continue
-            if method is not None and config.method != method:
-                continue
-            size = sum(f.stat().st_size for f in path.iterdir() if f.is_file()) / 1e6
-            found[path.name] = ModelInfo(
-                name=path.name,
-                method=config.method,
-                path=path,
-                source=source,
-                grid=config.grid,
-                noise=config.diffusion.noise,
-                size_mb=round(size, 2),
-            )
-    return list(found.values())
+            taken.add(path.name)
+            if method is None or info.method == method:
+                good.append(info)
+    return good + broken if include_broken else good
+
+
+def _is_model_folder(path: Path) -> bool:
+    try:
+        return path.is_dir() and ((path / CONFIG_NAME).exists() or (path / WEIGHTS_NAME).exists())
+    except OSError:
+        return False
+
+
+def _has_both_files(path: Path) -> bool:
+    try:
+        return (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file()
+    except OSError:
+        return False
+
+
+def _model_info(path: Path, source: str) -> ModelInfo:
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path}: {name} is missing")
+    config = load_config(path)
+    size = sum(f.stat().st_size for f in path.iterdir() if f.is_file()) / 1e6
+    return ModelInfo(
+        name=path.name,
+        method=config.method,
+        path=path,
+        source=source,
+        grid=config.grid,
+        noise=config.diffusion.noise,
+        size_mb=round(size, 2),
+    )
 
 
 def default_model_name(method: str, *, noise: str | None = None) -> str:

@@ -12,6 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import bounds
+
+_HEADS = 4
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -48,6 +52,8 @@ class UNetConfig:
         object.__setattr__(self, "attention_levels", tuple(bool(a) for a in self.attention_levels))
         if len(self.attention_levels) != len(self.channel_mults):
             raise ValueError("attention_levels needs one entry per channel_mults entry")
+        if self.groups < 1:
+            raise ValueError(f"groups must be >= 1, got {self.groups}")
         for mult in self.channel_mults:
             if (self.base_channels * mult) % self.groups:
                 raise ValueError("every level's width must be divisible by groups")
@@ -64,12 +70,62 @@ class UNetConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> UNetConfig:
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = set(data) - known
+    def from_dict(cls, data: dict, *, where: str = "unet") -> UNetConfig:
+        """Build from parsed JSON, checking every value before anything is built.
+
+        Parameters
+        ----------
+        data : dict
+            The ``unet`` object of ``config.json``; missing settings take the defaults.
+        where : str
+            Name of the object in error messages.
+
+        Raises
+        ------
+        ValueError
+            Naming the first setting of the wrong type or out of range (widths up to 1024
+            base channels, 8 levels, 16 blocks per level, 500 M parameters).
+        """
+        bounds.mapping(where, data)
+        unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown UNet settings: {sorted(unknown)}")
-        return cls(**data)
+        value = {**cls().to_dict(), **data}
+
+        def name(key):
+            return f"{where}.{key}"
+
+        mults = bounds.integers(name("channel_mults"), value["channel_mults"], 1, 16, max_length=8)
+        base = bounds.integer(name("base_channels"), value["base_channels"], 2, 1024)
+        if base % 2:
+            # The sinusoidal time embedding has an even width.
+            raise ValueError(f"{name('base_channels')} must be even, got {base}")
+        attention = bounds.flags(name("attention_levels"), value["attention_levels"], len(mults))
+        groups = bounds.integer(name("groups"), value["groups"], 1, 1024)
+        widths = [base * m for m in mults]
+        if any(w % groups for w in widths):
+            raise ValueError(
+                f"{name('groups')} ({groups}) must divide the width of every level {widths}"
+            )
+        attended = [w for w, a in zip(widths, attention, strict=True) if a] + widths[-1:]
+        if any(w % _HEADS for w in attended):
+            raise ValueError(
+                f"{where}: the widths of levels with attention and of the last level "
+                f"({attended}) must be multiples of {_HEADS} (attention heads)"
+            )
+        config = cls(
+            in_channels=bounds.integer(name("in_channels"), value["in_channels"], 1, 64),
+            out_channels=bounds.integer(name("out_channels"), value["out_channels"], 1, 64),
+            base_channels=base,
+            channel_mults=mults,
+            num_res_blocks=bounds.integer(name("num_res_blocks"), value["num_res_blocks"], 1, 16),
+            attention_levels=attention,
+            groups=groups,
+            dropout=bounds.number(name("dropout"), value["dropout"], 0, 1, below_high=True),
+            extra=bounds.mapping(name("extra"), value["extra"]),
+        )
+        bounds.check_parameters(where, lambda: UNet(config))
+        return config
 
 
 def timestep_embedding(t: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
@@ -104,7 +160,7 @@ class ResBlock(nn.Module):
 
 
 class Attention(nn.Module):
-    def __init__(self, channels, *, groups, heads=4):
+    def __init__(self, channels, *, groups, heads=_HEADS):
         super().__init__()
         self.heads = heads
         self.norm = nn.GroupNorm(groups, channels)

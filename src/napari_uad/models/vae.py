@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from . import bounds
+
 
 @dataclass(frozen=True)
 class VAEConfig:
@@ -43,11 +45,49 @@ class VAEConfig:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict) -> VAEConfig:
+    def from_dict(cls, data: dict, *, where: str = "vae") -> VAEConfig:
+        """Build from parsed JSON, checking every value before anything is built.
+
+        Parameters
+        ----------
+        data : dict
+            The component's ``config`` object; missing settings take the defaults.
+        where : str
+            Name of the object in error messages.
+
+        Raises
+        ------
+        ValueError
+            Naming the first setting of the wrong type or out of range.
+        """
+        bounds.mapping(where, data)
         unknown = set(data) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown VAE settings: {sorted(unknown)}")
-        return cls(**data)
+        value = {**cls().to_dict(), **data}
+
+        def name(key):
+            return f"{where}.{key}"
+
+        mults = bounds.integers(name("channel_mults"), value["channel_mults"], 1, 16, max_length=8)
+        base = bounds.integer(name("base_channels"), value["base_channels"], 1, 1024)
+        groups = bounds.integer(name("groups"), value["groups"], 1, 1024)
+        widths = [base * m for m in mults]
+        if any(w % groups for w in widths):
+            raise ValueError(
+                f"{name('groups')} ({groups}) must divide the width of every level {widths}"
+            )
+        config = cls(
+            in_channels=bounds.integer(name("in_channels"), value["in_channels"], 1, 64),
+            latent_channels=bounds.integer(
+                name("latent_channels"), value["latent_channels"], 1, 64
+            ),
+            base_channels=base,
+            channel_mults=mults,
+            groups=groups,
+        )
+        bounds.check_parameters(where, lambda: VAE(config))
+        return config
 
 
 class _Block(nn.Module):

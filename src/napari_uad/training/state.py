@@ -8,6 +8,7 @@ and renamed into place, so a run killed mid-write leaves the previous state inta
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..io.atomic import atomic_write
+from ..io.atomic import _umask, atomic_write
 from ..models.checkpoint import CheckpointError
 
 STATE_NAME = "training_state.safetensors"
@@ -54,7 +55,12 @@ def save_state(path, tensors: dict[str, torch.Tensor], metadata: dict[str, Any])
     """Write tensors and JSON metadata to ``path`` atomically."""
     payload = {"napari_uad_state": json.dumps({"version": STATE_VERSION, **metadata})}
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    return atomic_write(Path(path), lambda temp: save_file(tensors, temp, metadata=payload))
+
+    def write(temp):
+        save_file(tensors, temp, metadata=payload)
+        os.chmod(temp, 0o666 & ~_umask())  # safetensors creates 0600 files
+
+    return atomic_write(Path(path), write)
 
 
 def load_state(path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
