@@ -769,11 +769,14 @@ def _train(args) -> int:
             desc=trainer.family,
         )
         stop = _StopOnInterrupt()
-        with stop:
-            for update in _updates(trainer.iter_run(stop), result := {}):
-                bar.update(1)
-                bar.set_postfix({k: f"{v:.4f}" for k, v in update.losses.items()}, refresh=False)
-        bar.close()
+        try:
+            with stop:
+                for update in _updates(trainer.iter_run(stop), result := {}):
+                    bar.update(1)
+                    losses = {k: f"{v:.4f}" for k, v in update.losses.items()}
+                    bar.set_postfix(losses, refresh=False)
+        finally:
+            bar.close()  # before any error line, so it gets a line of its own
     finally:
         distributed.shutdown()
     result = result["value"]

@@ -120,6 +120,9 @@ def create_trainer(
         raise ValueError(f"unknown method {method!r}: use one of {', '.join(TRAINER_NAMES)}")
     if noise is not None and method != "ddpm" and noise != "gaussian":
         raise ValueError(f"--noise {noise} applies to the ddpm trainer only")
+    if steps is not None:
+        settings["steps"] = steps
+    train_settings = TrainSettings(**settings)  # bad settings fail before any file is read
     trainer_class = get_trainer_class(method)
     networks = None
     if init is not None:
@@ -134,12 +137,10 @@ def create_trainer(
             kwargs["noise"] = noise
         config = trainer_class.default_config(out.name, **kwargs)
     data = _load_data(data, grid, cache_dir)
-    if steps is not None:
-        settings["steps"] = steps
     return trainer_class(
         config,
         data,
-        TrainSettings(**settings),
+        train_settings,
         out=out,
         device=device,
         init=networks,

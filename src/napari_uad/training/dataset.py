@@ -3,7 +3,9 @@
 A folder is searched recursively for NIfTI scans. A brain mask is taken from a file beside the
 scan named ``<stem>_mask``, ``<stem>_brainmask`` or ``<stem>_brain_mask`` (``.nii``/``.nii.gz``);
 such files, and lesion/label files (``*_seg``, ``*_label``, ``*_labels``, ``*_lesion``), are not
-scans. Without a mask the brain is estimated (the scans should be skull-stripped). Each scan is
+scans. Without a mask the brain is estimated (the scans should be skull-stripped). Volumes that
+are plainly not T1 scans (label maps and masks, pure noise: see :func:`not_a_t1_scan`) are
+skipped with a warning. Each scan is
 reoriented, normalised and resampled to the model grid by
 :func:`napari_uad.preprocess.prepare_volume`, and its axial slices with enough brain are kept
 in memory (and, optionally, in a ``.npz`` cache keyed by the files' paths, sizes and times), so
@@ -15,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,15 @@ from ..preprocess import prepare_volume
 MASK_SUFFIXES = ("_mask", "_brainmask", "_brain_mask")
 NOT_SCAN_SUFFIXES = MASK_SUFFIXES + ("_seg", "_label", "_labels", "_lesion", "_truth")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: A volume of integers with at most this many distinct values is a label map or a mask.
+LABEL_MAX_VALUES = 64
+#: ... as is one of integers where this fraction of neighbouring voxels (outside the zero
+#: background) are equal: piecewise constant, unlike any scan (MNI T1: 0.1, atlases: > 0.8).
+LABEL_MIN_EQUAL_NEIGHBOURS = 0.8
+#: Below this correlation between neighbouring voxels (along every axis) a volume is noise
+#: (brain scans: > 0.85; white noise: about 0).
+NOISE_MAX_CORRELATION = 0.3
+NOT_A_T1 = "not a T1 scan"
 
 
 @dataclass
@@ -188,15 +200,23 @@ def load_healthy_folder(
     cache = _cache_path(cache_dir, scans, options) if cache_dir else None
     if cache is not None and cache.is_file():
         try:
-            return _read_cache(cache, report)
+            data = _read_cache(cache, report)
         except (OSError, ValueError, KeyError):
             pass  # a stale or broken cache is rebuilt
+        else:
+            for path, reason in data.report.skipped:
+                if reason.endswith(NOT_A_T1):
+                    _warn_skipped(path, reason, folder)
+            return data
     images, masks, subjects = [], [], []
     for index, (path, mask_path) in enumerate(scans):
         try:
             scan = read_scan(path)
             if scan.data.ndim != 3 or min(scan.data.shape) < 2:
                 raise InputError(f"not a 3-D volume (shape {scan.data.shape})")
+            problem = not_a_t1_scan(scan.data)
+            if problem is not None:
+                raise _NotAScan(problem)
             mask = read_mask(mask_path, like=scan) if mask_path else None
             prepared = prepare_volume(
                 scan,
@@ -205,6 +225,9 @@ def load_healthy_folder(
                 lower_percentile=lower_percentile,
                 upper_percentile=upper_percentile,
             )
+        except _NotAScan as error:
+            report.skipped.append((str(path), str(error)))
+            _warn_skipped(path, str(error), folder)
         except (InputError, ValueError, OSError) as error:
             report.skipped.append((str(path), _one_line(error)))
         else:
@@ -220,14 +243,95 @@ def load_healthy_folder(
         if progress is not None:
             progress(index + 1, len(scans), str(path))
     if not images:
-        reasons = "; ".join(f"{Path(p).name}: {r}" for p, r in report.skipped[:5])
-        raise InputError(f"no usable scan in {folder}" + (f" ({reasons})" if reasons else ""))
+        raise _no_usable_scan(folder, report)
     data = HealthySlices(
         np.concatenate(images), np.concatenate(masks), np.concatenate(subjects), report
     )
     if cache is not None:
         _write_cache(cache, data)
     return data
+
+
+def not_a_t1_scan(data: np.ndarray) -> str | None:
+    """Why a volume is plainly not a T1 scan (a label map or mask, pure noise), or None.
+
+    Parameters
+    ----------
+    data : ndarray of float, 3-D
+        Finite intensities (as :func:`napari_uad.io.read_scan` returns them).
+
+    Returns
+    -------
+    str or None
+        ``"looks like a label map (33 integer values), not a T1 scan"``, ``"looks like pure
+        noise (...), not a T1 scan"``, or None for anything that may be a scan (constant
+        volumes are left to :func:`~napari_uad.preprocess.prepare_volume`).
+    """
+    data = np.asarray(data)
+    flat = data.ravel()
+    if flat.size < 8:
+        return None
+    sample = flat[:: max(1, flat.size // 200_000)]
+    if np.array_equal(flat, np.round(flat)):
+        count = len(np.unique(flat)) if len(np.unique(sample)) <= LABEL_MAX_VALUES else None
+        if count is not None and count <= LABEL_MAX_VALUES:
+            label = count >= 2  # a constant volume is left to prepare_volume
+        else:
+            label = _piecewise_constant(data)
+        if label:
+            count = count if count is not None else len(np.unique(flat))
+            return f"looks like a label map ({count} integer values), {NOT_A_T1}"
+    # Clip to robust percentiles so that a few extreme voxels cannot hide the structure.
+    low, high = np.percentile(sample, [0.5, 99.5])
+    if high <= low:
+        low, high = flat.min(), flat.max()
+    if high <= low:
+        return None
+    x = np.clip(data, low, high).astype(np.float32, copy=False)
+    x -= x.mean(dtype=np.float64)
+    variance = np.mean(x * x, dtype=np.float64)
+    correlations = []
+    for axis in range(x.ndim):
+        if x.shape[axis] < 2:
+            continue
+        before = (slice(None),) * axis
+        ahead, behind = x[before + (slice(1, None),)], x[before + (slice(None, -1),)]
+        correlations.append(np.mean(ahead * behind, dtype=np.float64) / variance)
+    best = max(correlations, default=1.0)
+    if best < NOISE_MAX_CORRELATION:
+        return f"looks like pure noise (neighbouring voxels correlate {best:.2f}), {NOT_A_T1}"
+    return None
+
+
+def _piecewise_constant(data: np.ndarray) -> bool:
+    total = equal = 0
+    for axis in range(data.ndim):
+        before = (slice(None),) * axis
+        ahead, behind = data[before + (slice(1, None),)], data[before + (slice(None, -1),)]
+        foreground = (ahead != 0) | (behind != 0)
+        total += int(foreground.sum())
+        equal += int(((ahead == behind) & foreground).sum())
+    return total > 0 and equal >= LABEL_MIN_EQUAL_NEIGHBOURS * total
+
+
+class _NotAScan(Exception):
+    """A readable volume that is not a T1 scan (skipped with a warning)."""
+
+
+def _warn_skipped(path, reason: str, folder) -> None:
+    try:
+        name = Path(path).relative_to(folder)
+    except ValueError:
+        name = Path(path)
+    warnings.warn(f"{name} {reason}: skipped", stacklevel=3)
+
+
+def _no_usable_scan(folder, report: DatasetReport) -> InputError:
+    reasons = "; ".join(f"{Path(p).name}: {r}" for p, r in report.skipped[:5])
+    message = f"no usable scan in {folder}" + (f" ({reasons})" if reasons else "")
+    if any(reason.endswith(NOT_A_T1) for _, reason in report.skipped):
+        message += ": give a folder of healthy T1 scans"
+    return InputError(message)
 
 
 def slices_from_arrays(images, masks=None) -> HealthySlices:

@@ -98,7 +98,13 @@ class DISYRETrainer(Trainer):
         steps = self.config.diffusion.num_train_timesteps
         t = torch.full((len(clean),), int(0.6 * steps) - 1, device=self.device)
         generator_state = self.generator.get_state()
-        corrupted, _ = self.corrupt(clean, brain, t)
+        if len(clean) == 1:
+            # Foreign patches come from another slice of the batch: lend the slice a twin.
+            corrupted = self.corrupt(
+                clean.repeat(2, 1, 1, 1), brain.repeat(2, 1, 1, 1), t.repeat(2)
+            )[0][:1]
+        else:
+            corrupted, _ = self.corrupt(clean, brain, t)
         self.generator.set_state(generator_state)  # previews must not change the training run
         restored = ((self.ema["model"](corrupted * 2 - 1, t) + 1) / 2).clamp(0, 1) * brain
         rows = [clean, corrupted, restored]

@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import math
 import platform
 import sys
 import time
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Generator
 from dataclasses import asdict, dataclass, field
@@ -99,8 +101,15 @@ class TrainSettings:
     def __post_init__(self):
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch size must be at least 1")
-        if not self.learning_rate > 0:
-            raise ValueError("the learning rate must be positive")
+        try:
+            rate = float(self.learning_rate)
+        except (TypeError, ValueError):
+            rate = math.nan
+        if not 0 < rate < math.inf:
+            raise ValueError(
+                f"the learning rate (--lr) must be a positive finite number, got "
+                f"{self.learning_rate!r}: use e.g. 2e-4"
+            )
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}")
         if isinstance(self.augment, dict):
@@ -163,6 +172,10 @@ class TrainResult:
     threshold: float | None
 
 
+class TrainingDiverged(ValueError):
+    """A loss or the weights became NaN or infinite; the last good checkpoint is kept."""
+
+
 class Trainer(ABC):
     """Base class of the model-family trainers.
 
@@ -219,12 +232,23 @@ class Trainer(ABC):
             train, held = data, data
         if len(train) < 2:
             raise ValueError("training needs at least two slices")
+        self.rank, self.world_size = distributed.rank_and_size()
+        if self.settings.batch_size > len(train):
+            # Every process draws its batches from all training slices, so the cap is per
+            # process; a larger batch only repeats slices (and costs memory).
+            if self.rank == 0:
+                per = " (per process)" if self.world_size > 1 else ""
+                warnings.warn(
+                    f"batch size {self.settings.batch_size}{per} is larger than the "
+                    f"{len(train)} training slices: using {len(train)}",
+                    stacklevel=2,
+                )
+            self.settings = dataclasses.replace(self.settings, batch_size=len(train))
         self.images = torch.from_numpy(train.images)[:, None]
         self.masks = torch.from_numpy(train.masks)[:, None]
         self.held_images, self.held_masks = held.images, held.masks
         self.out = Path(out) if out is not None else None
         self.device = torch.device(resolve_device(device))
-        self.rank, self.world_size = distributed.rank_and_size()
         self.autocast_dtype = _autocast_dtype(self.settings.precision, self.device)
         torch.manual_seed(self.settings.seed)  # same initial weights on every rank
         self.networks: dict[str, nn.Module] = {
@@ -256,6 +280,7 @@ class Trainer(ABC):
         self.seconds_before = 0.0
         self.order: torch.Tensor | None = None
         self.position = 0
+        self.saved_step: int | None = None  # step of the checkpoint in ``out``, if any
 
     # -- what subclasses define -------------------------------------------------------------
     @abstractmethod
@@ -366,10 +391,12 @@ class Trainer(ABC):
                     losses = self.training_step(images, masks)
                 self.scaler.update()
                 self.step += 1
+                self._check_losses(losses)
                 self._update_ema()
                 self.losses.append(losses["loss"])
                 checkpoint = preview = None
                 if self._due(self.settings.checkpoint_every) and self.step < self.settings.steps:
+                    self._check_weights()
                     now = time.perf_counter()
                     self.seconds_before, clock = self.seconds_before + now - clock, now
                     checkpoint = self.save()
@@ -388,10 +415,13 @@ class Trainer(ABC):
                 )
         except GeneratorExit:
             self.seconds_before += time.perf_counter() - clock
-            if not sys.is_finalizing():  # an abandoned run at interpreter exit saves nothing
+            # An abandoned run at interpreter exit saves nothing; NaN weights never replace
+            # the last good checkpoint.
+            if not sys.is_finalizing() and self._weights_are_finite():
                 self.save()
             raise
         self.seconds_before += time.perf_counter() - clock
+        self._check_weights()
         threshold = None
         if not stopped and self.settings.calibrate:
             threshold = self.calibrate()
@@ -436,6 +466,8 @@ class Trainer(ABC):
 
     def save(self) -> Path:
         """Write the exported model and the resumable state into ``out`` (rank 0 only)."""
+        if self.out is not None:
+            self.saved_step = self.step  # every rank knows what rank 0 has on disk
         if self.rank != 0 or self.out is None:
             return self.out
         self.out.mkdir(parents=True, exist_ok=True)
@@ -489,6 +521,7 @@ class Trainer(ABC):
             self.order = None  # the data changed: start a fresh epoch
         self.position = metadata["position"]
         self.step = metadata["step"]
+        self.saved_step = self.step
         self.seconds_before = metadata["seconds"]
         self.losses = tensors["history.loss"].tolist()
         self.load_extra_state(metadata.get("extra", {}))
@@ -525,6 +558,51 @@ class Trainer(ABC):
         count = min(self.PREVIEW_SLICES, len(self.held_images))
         picks = np.linspace(0, len(self.held_images) - 1, count).round().astype(int)
         return self.held_images[picks], self.held_masks[picks]
+
+    def _check_losses(self, losses: dict[str, float]) -> None:
+        """Stop at the first NaN or infinite loss (of any process, so all stop together)."""
+        values = torch.tensor([float(v) for v in losses.values()], dtype=torch.float64)
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            # A sum is non-finite when any process's loss is (NaN and inf propagate).
+            values = values.to(self.device)
+            dist.all_reduce(values)
+            values = (values / self.world_size).cpu()
+        if bool(torch.isfinite(values).all()):
+            return
+        name, value = next(
+            (name, float(v))
+            for name, v in zip(losses, values, strict=True)
+            if not math.isfinite(float(v))
+        )
+        self._diverged(f"{'' if name == 'loss' else name + ' '}loss {value:g}")
+
+    def _weights_are_finite(self) -> bool:
+        modules = [*self.networks.values(), *self.ema.values()]
+        flags = [torch.isfinite(p).all() for m in modules for p in m.parameters()]
+        return not flags or bool(torch.stack(flags).all())
+
+    def _check_weights(self) -> None:
+        """Refuse to save or calibrate NaN or infinite weights (the loss can still be finite on
+        the step that made them so)."""
+        if not self._weights_are_finite():
+            self._diverged("weights not finite")
+
+    def _diverged(self, detail: str) -> None:
+        if self.out is None:
+            kept = "nothing was saved"
+        elif self.saved_step is None:
+            kept = f"no checkpoint was written to {self.out}"
+        else:
+            kept = f"the checkpoint of step {self.saved_step} in {self.out} is kept"
+        fix = f"lower --lr (now {self.settings.learning_rate:g})"
+        if self.autocast_dtype is torch.float16:
+            fix += " or train in bf16 or fp32 (--precision)"
+        raise TrainingDiverged(
+            f"training diverged at step {self.step} ({detail}): {fix} and start again "
+            f"with --overwrite; {kept}"
+        )
 
     def _due(self, every: int) -> bool:
         return every > 0 and self.step % every == 0
