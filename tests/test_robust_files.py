@@ -409,3 +409,42 @@ def test_evaluate_survives_a_nested_sidecar_and_a_json_symlink_loop(tmp_path, ca
     loop_b.symlink_to(loop_a)
     assert main([*args, "--json", str(loop_a)]) == 2
     assert "symlink loop" in _error_line(capsys)
+
+
+def test_a_stale_lock_is_taken_over_and_its_leftovers_swept(tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from napari_uad.outputs import OutputsBusy, OutputSet
+
+    code = "import os; print(os.getpid())"
+    dead = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has ended
+    out = tmp_path / "out"
+    out.mkdir()
+    paths = {
+        "healthy": out / "case_healthy.nii.gz",
+        "anomaly": out / "case_anomaly.nii.gz",
+        "provenance": out / "case.json",
+    }
+    (out / ".case.napari-uad.lock").write_text(json.dumps({"pid": pid, "host": None}))
+    leftovers = [
+        out / f".case.napari-uad-{pid}.anomaly.nii.gz",  # staged, not renamed
+        out / f"..case.napari-uad-{pid}.healthy.nii.gz.x1y2.nii.gz",  # a write under way
+        out / ".case_healthy.nii.gz.abc.tmp",
+        paths["healthy"],  # renamed into place, but the set has no JSON: unfinished
+    ]
+    for path in leftovers:
+        path.write_text("partial")
+    keep = out / "other_healthy.nii.gz"
+    keep.write_text("another stem's output")
+    claim = OutputSet(out, "case", paths)
+    claim.claim()
+    assert sorted(p.name for p in out.iterdir()) == [".case.napari-uad.lock", keep.name]
+    assert len(claim.swept) == 4
+    # While this process holds it, another claim of the same stem is refused.
+    with pytest.raises(OutputsBusy, match="another napari-uad run"):
+        OutputSet(out, "case", paths).claim()
+    claim.release()
+    assert sorted(p.name for p in out.iterdir()) == [keep.name]

@@ -108,7 +108,8 @@ class OutputSet:
         names = [path.name for path in self.paths.values()]
         for entry in self.folder.iterdir():
             name = entry.name
-            ours = name.startswith(f".{self.stem}{_STAGE_TAG}")
+            # Staged files, and the temporaries atomic writes make of them (one more dot).
+            ours = name.lstrip(".").startswith(f"{self.stem}{_STAGE_TAG}")
             written = any(name.startswith(f".{target}.") for target in names)
             if (ours or written) and entry.is_file() and not name.endswith(LOCK_SUFFIX):
                 if ours and _is_alive({"pid": _staged_pid(name), "host": socket.gethostname()}):
