@@ -258,9 +258,11 @@ def test_sigterm_leaves_every_output_set_complete_or_absent(
     if process.returncode == 143:
         assert "terminated" in error and "Traceback" not in error
     stems = [p.name.removesuffix(".nii.gz") for p in three_scans]
-    assert set(_stems_on_disk(out, stems).values()) <= {"complete", "absent"}
+    state = _stems_on_disk(out, stems)
+    listing = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    assert set(state.values()) <= {"complete", "absent"}, (state, error[-800:])
     # No temporaries and no lock are left behind.
-    assert not out.exists() or not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    assert not [name for name in listing if name.startswith(".")], (listing, error[-800:])
 
 
 @pytest.mark.parametrize("delay", [0.3, 1.0])

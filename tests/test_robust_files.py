@@ -318,6 +318,7 @@ def no_compute(monkeypatch):
         (["--smoothing", "100000"], "smoothing must be between 0 and"),
         (["--param", "noise_level=1e309"], "noise_level must be a finite number"),
         (["--param", "eta=NaN"], "eta must be a finite number"),
+        (["--param", "eta=inf"], "eta must be a finite number"),
         (["--erode-brain", "1000"], "erode_brain must be between 0 and 100"),
         (["--erode-brain", "-1"], "erode_brain must be between 0 and 100"),
     ],
@@ -432,19 +433,20 @@ def test_a_stale_lock_is_taken_over_and_its_leftovers_swept(tmp_path):
     leftovers = [
         out / f".case.napari-uad-{pid}.anomaly.nii.gz",  # staged, not renamed
         out / f"..case.napari-uad-{pid}.healthy.nii.gz.x1y2.nii.gz",  # a write under way
-        out / ".case_healthy.nii.gz.abc.tmp",
         paths["healthy"],  # renamed into place, but the set has no JSON: unfinished
     ]
     for path in leftovers:
         path.write_text("partial")
-    keep = out / "other_healthy.nii.gz"
-    keep.write_text("another stem's output")
+    kept = [out / "other_healthy.nii.gz", out / ".case.json.swp"]  # not this tool's
+    for path in kept:
+        path.write_text("someone else's")
     claim = OutputSet(out, "case", paths)
     claim.claim()
-    assert sorted(p.name for p in out.iterdir()) == [".case.napari-uad.lock", keep.name]
-    assert len(claim.swept) == 4
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted([".case.napari-uad.lock", *(p.name for p in kept)])
+    assert len(claim.swept) == 3
     # While this process holds it, another claim of the same stem is refused.
     with pytest.raises(OutputsBusy, match="another napari-uad run"):
         OutputSet(out, "case", paths).claim()
     claim.release()
-    assert sorted(p.name for p in out.iterdir()) == [keep.name]
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in kept)

@@ -286,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         with (
             warnings.catch_warnings(),
             cpu_threads(getattr(args, "threads", None)),
-            _terminate_like_interrupt(),
+            _terminate_like_interrupt(enabled=args.command != "demo"),
         ):
             warnings.simplefilter("default")
             # Our own warnings are user-facing; libraries' deprecation notices (napari's
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
             warnings.formatwarning = _format_warning
             return handlers[args.command](args) or 0
     except _Terminated:
-        print("napari-uad: terminated (SIGTERM); nothing half-written was left", file=sys.stderr)
+        print("napari-uad: terminated (SIGTERM)", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
         print("napari-uad: interrupted", file=sys.stderr)
@@ -357,7 +357,12 @@ def _restore(args) -> int:
     _say(f"loading the {args.method} model{f' {args.model}' if args.model else ''} (torch)...")
     loaded = load_method(args.method, args.model, noise=params.get("noise"), device=args.device)
     _say(f"model {loaded.model_name} on {loaded.method.device}")
-    with _claimed_outputs(args.out, stems, planned, overwrite=args.overwrite) as claims:
+    # A run without --samples replaces an earlier run's uncertainty map too.
+    replaces = [_output_paths(args.out, stem, uncertainty=True).values() for stem in stems]
+    claimed = _claimed_outputs(
+        args.out, stems, planned, overwrite=args.overwrite, replaces=replaces
+    )
+    with claimed as claims:
         for index, (path, stem, outputs) in enumerate(
             zip(args.inputs, stems, planned, strict=True)
         ):
@@ -503,29 +508,30 @@ def _compare(args) -> int:
             bar = bars[update.message] = tqdm(total=update.total, desc=update.message, unit="step")
         bar.update(update.done - bar.n)
 
-    try:
-        comparison = run_to_completion(
-            iter_compare(
-                scan,
-                methods,
-                models=models,
-                truth=truth,
-                brain_mask=brain_mask,
-                params=params,
-                device=args.device,
-                seed=args.seed,
-                batch_size=args.batch_size,
-                threshold=threshold,
-                samples=args.samples,
-            ),
-            progress,
-        )
-    finally:
-        for bar in bars.values():
-            bar.close()
-    rows = comparison.rows()
-    with _claimed_outputs(args.out, [claim_stem], [outputs], overwrite=args.overwrite) as claims:
+    claimed = _claimed_outputs(args.out, [claim_stem], [outputs], overwrite=args.overwrite)
+    with claimed as claims:  # before the compute, so a second run stops at once
         claim = claims[0]
+        try:
+            comparison = run_to_completion(
+                iter_compare(
+                    scan,
+                    methods,
+                    models=models,
+                    truth=truth,
+                    brain_mask=brain_mask,
+                    params=params,
+                    device=args.device,
+                    seed=args.seed,
+                    batch_size=args.batch_size,
+                    threshold=threshold,
+                    samples=args.samples,
+                ),
+                progress,
+            )
+        finally:
+            for bar in bars.values():
+                bar.close()
+        rows = comparison.rows()
         for run in comparison.runs:
             write_nifti(claim.stage(run.method), run.detection.anomaly, like=scan)
         methods_figure(
@@ -579,7 +585,7 @@ def _check_outputs(outputs, inputs, out: Path, *, overwrite: bool, stem=None) ->
 
 
 @contextlib.contextmanager
-def _claimed_outputs(out: Path, stems, planned, *, overwrite: bool):
+def _claimed_outputs(out: Path, stems, planned, *, overwrite: bool, replaces=None):
     """Create ``out``, claim every stem's outputs (see :mod:`napari_uad.outputs`) and yield the
     claims; on leaving, remove what this run staged but did not finish, and its locks. A folder
     this run created is removed again when nothing was written into it."""
@@ -587,7 +593,11 @@ def _claimed_outputs(out: Path, stems, planned, *, overwrite: bool):
 
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
-    claims = [OutputSet(out, stem, outputs) for stem, outputs in zip(stems, planned, strict=True)]
+    replaces = replaces or [()] * len(stems)
+    claims = [
+        OutputSet(out, stem, outputs, replaces=extra)
+        for stem, outputs, extra in zip(stems, planned, replaces, strict=True)
+    ]
     try:
         for claim in claims:
             claim.claim()
@@ -842,14 +852,18 @@ class _Terminated(KeyboardInterrupt):
 
 
 @contextlib.contextmanager
-def _terminate_like_interrupt():
+def _terminate_like_interrupt(*, enabled: bool = True):
     """Turn SIGTERM into :class:`_Terminated` while a command runs, so it cleans up as on
-    Ctrl-C (staged outputs removed, locks released) instead of dying mid-write."""
+    Ctrl-C (staged outputs removed, locks released) instead of dying mid-write. Not for the
+    napari demo: a Python handler runs only when Qt hands control back to Python."""
     import signal
 
     def handler(signum, frame):
         raise _Terminated
 
+    if not enabled:
+        yield
+        return
     try:
         previous = signal.signal(signal.SIGTERM, handler)
     except ValueError:  # not the main thread

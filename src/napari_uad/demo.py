@@ -55,7 +55,9 @@ def sample_threshold(
     return float(healthy_threshold(result.anomaly, percentile=percentile, mask=brain))
 
 
-def explanation(method: str, threshold: float, calibrated: float | None) -> str:
+def explanation(
+    method: str, threshold: float, calibrated: float | None, *, percentile=HEALTHY_PERCENTILE
+) -> str:
     """One line saying which method and threshold the demo uses, and why."""
     model_part = (
         f"; the model's own calibrated {calibrated:.3g} comes from whole template volumes and "
@@ -66,7 +68,7 @@ def explanation(method: str, threshold: float, calibrated: float | None) -> str:
     return (
         f"demo: {method}, the shipped method that finds the sample's tumour (the best on the "
         f"benchmark set, docs/benchmarks.md), at threshold {threshold:.3g}: the "
-        f"{HEALTHY_PERCENTILE:g}th percentile of its map on the healthy sample (the same scan "
+        f"{percentile:g}th percentile of its map on the healthy sample (the same scan "
         f"without lesions){model_part}. On your own data, calibrate on healthy scans of your "
         "scanner."
     )
@@ -248,18 +250,20 @@ def start_demo_in_viewer(
     model = detect.params().model
     detect.status_label.setText(f"Demo: calibrating {method}'s threshold on the healthy sample…")
 
+    chosen = HEALTHY_PERCENTILE if percentile is None else float(percentile)
+
     def calibrated():
         from .pipeline import load_method
 
-        threshold = sample_threshold(
-            method, model=model, device=device, percentile=percentile or HEALTHY_PERCENTILE
-        )
+        threshold = sample_threshold(method, model=model, device=device, percentile=chosen)
         own = load_method(method, model, device=device).method.calibrated_threshold()
         return threshold, own
 
     def start(result):
         threshold, own = result
-        show_info(explanation(method, threshold, own))
+        # The fields stay editable while calibrating: run what was calibrated.
+        detect.set_params(layer="T1 with lesions", method=method, model=model)
+        show_info(explanation(method, threshold, own, percentile=chosen))
         detect.run(threshold=threshold)
         if detect.worker is None:
             show_error("the demo could not start: " + detect.status_label.text())

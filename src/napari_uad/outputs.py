@@ -1,11 +1,15 @@
 """One input's set of output files, claimed by one run and written complete-or-absent.
 
 A run claims each input's outputs with a lock file (``.<stem>.napari-uad.lock`` in the output
-folder, created exclusively), so a second run on the same folder stops at once instead of
-replacing them. The files are first written as hidden temporaries beside their targets and
-renamed into place only when all are written, ``<stem>.json`` last: a stem whose JSON is
-missing is incomplete. A run killed with SIGKILL leaves its lock behind; the next run finds its
-process gone, removes the incomplete outputs and temporaries of that stem, and carries on.
+folder) that it holds locked (``flock``) for the whole run, so a second run on the same folder
+stops at once instead of replacing them. The operating system releases the lock when the
+process dies, however it dies, so a lock file that can be locked again is a killed run's: its
+process, host name or PID do not matter (containers, clusters, PID reuse).
+
+The files are first written as hidden temporaries beside their targets and renamed into place
+only when all are written, ``<stem>.json`` last: a stem whose JSON is missing is incomplete. The
+next run on a killed run's stem removes what it left (its temporaries, and its outputs when the
+set has no JSON) and carries on.
 """
 
 from __future__ import annotations
@@ -16,6 +20,11 @@ import socket
 from pathlib import Path
 
 from .io import InputError
+
+try:  # POSIX; elsewhere an existing lock file is taken as a live run's
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
 
 LOCK_SUFFIX = ".napari-uad.lock"
 _STAGE_TAG = ".napari-uad-"
@@ -36,89 +45,105 @@ class OutputSet:
         The input's name without extension.
     paths : dict of str to Path
         Role -> final path; the role ``"provenance"`` (the JSON) is renamed into place last.
+    replaces : sequence of Path, optional
+        Other files of this stem that a new set replaces (e.g. the uncertainty map of an
+        earlier run with ``--samples``); removed when the new set is committed.
     """
 
-    def __init__(self, folder: Path, stem: str, paths: dict[str, Path]):
+    def __init__(self, folder: Path, stem: str, paths: dict[str, Path], replaces=()):
         self.folder = Path(folder)
         self.stem = stem
         self.paths = dict(paths)
+        self.replaces = [Path(p) for p in replaces if Path(p) not in self.paths.values()]
         self.lock = self.folder / f".{stem}{LOCK_SUFFIX}"
         self.staged: dict[str, Path] = {}
         self.claimed = False
         self.swept: list[str] = []
+        self._handle = None
 
     # ----------------------------------------------------------------- claiming
     def claim(self) -> None:
-        """Take the lock of this stem; a stale lock (its process is gone) is taken over after
-        removing what that run left half-written.
+        """Take the lock of this stem; after a killed run, first remove what it left.
 
         Raises
         ------
         OutputsBusy
             When a live run holds the lock.
         """
-        for _ in range(3):
-            if self._create_lock():
-                self.claimed = True
-                self._sweep(stale_run=False)
-                return
-            owner = _read_lock(self.lock)
-            if _is_alive(owner):
-                pid = owner.get("pid", "?") if owner else "?"
-                raise OutputsBusy(
-                    f"another napari-uad run (pid {pid}) is writing {self.stem}'s outputs in "
-                    f"{self.folder}: wait for it, or use another --out (if no run is active, "
-                    f"remove {self.lock.name})"
-                )
-            self._sweep(stale_run=True)
-            self.lock.unlink(missing_ok=True)
-        raise OutputsBusy(f"could not lock {self.lock}: another run keeps taking it")
-
-    def _create_lock(self) -> bool:
-        """Create the lock with its content in one step (a hard link fails if it exists), so
-        no other run ever reads a half-written lock."""
-        record = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
-        temp = self.folder / f".{self.stem}{_STAGE_TAG}{os.getpid()}.lock-tmp"
-        temp.write_text(record)
-        try:
-            os.link(temp, self.lock)
-        except FileExistsError:
-            return False
-        except OSError:  # no hard links on this filesystem: exclusive create, then write
+        if fcntl is None:  # pragma: no cover - Windows
+            self._claim_exclusive()
+            return
+        for _ in range(5):
+            handle = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                handle = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                return False
-            with os.fdopen(handle, "w") as file:
-                file.write(record)
-        finally:
-            temp.unlink(missing_ok=True)
-        return True
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(handle)
+                raise OutputsBusy(self._busy_message()) from None
+            except BaseException:
+                os.close(handle)
+                raise
+            self._handle, self.claimed = handle, True  # from here release() cleans up
+            # The holder may have removed the file between our open and our lock: then we
+            # locked a file nobody else sees, and must start again on the new one.
+            try:
+                same = os.fstat(handle).st_ino == os.stat(self.lock).st_ino
+            except FileNotFoundError:
+                same = False
+            if not same:
+                self._handle, self.claimed = None, False
+                os.close(handle)
+                continue
+            previous = os.read(handle, 4096)
+            # A lock file with a record that we could lock belongs to a run that died.
+            self._sweep(stale_run=bool(previous.strip()))
+            record = json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode()
+            os.ftruncate(handle, 0)
+            os.pwrite(handle, record, 0)
+            return
+        raise OutputsBusy(f"could not lock {self.lock}: another run keeps replacing it")
+
+    def _claim_exclusive(self) -> None:  # pragma: no cover - Windows
+        try:
+            handle = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            raise OutputsBusy(self._busy_message()) from None
+        os.write(handle, json.dumps({"pid": os.getpid()}).encode())
+        self._handle = handle
+        self.claimed = True
+        self._sweep(stale_run=False)
+
+    def _busy_message(self) -> str:
+        try:
+            pid = json.loads(self.lock.read_text()).get("pid", "?")
+        except (OSError, ValueError, AttributeError):
+            pid = "?"
+        return (
+            f"another napari-uad run (pid {pid}) is writing {self.stem}'s outputs in "
+            f"{self.folder}: wait for it, or use another --out"
+        )
 
     def release(self) -> None:
         """Remove this run's staged files and its lock (never the finished outputs)."""
         self.discard()
         if self.claimed:
-            self.lock.unlink(missing_ok=True)
+            self.lock.unlink(missing_ok=True)  # unlinked while still locked: no one reuses it
+            os.close(self._handle)
+            self._handle = None
             self.claimed = False
 
     def _sweep(self, *, stale_run: bool) -> None:
-        """Remove temporaries of this stem's outputs left by dead runs, and, after a dead run,
-        its incomplete outputs (a set without its JSON)."""
-        names = [path.name for path in self.paths.values()]
+        """Remove this stem's staged files and their temporaries (only a dead run can have
+        left them: this run holds the lock), and, after a dead run, its outputs when the set
+        has no JSON."""
+        prefixes = (f".{self.stem}{_STAGE_TAG}", f"..{self.stem}{_STAGE_TAG}")
         for entry in self.folder.iterdir():
-            name = entry.name
-            # Staged files, and the temporaries atomic writes make of them (one more dot).
-            ours = name.lstrip(".").startswith(f"{self.stem}{_STAGE_TAG}")
-            written = any(name.startswith(f".{target}.") for target in names)
-            if (ours or written) and entry.is_file() and not name.endswith(LOCK_SUFFIX):
-                if ours and _is_alive({"pid": _staged_pid(name), "host": socket.gethostname()}):
-                    continue
+            if entry.name.startswith(prefixes) and entry.is_file():
                 entry.unlink(missing_ok=True)
-                self.swept.append(name)
+                self.swept.append(entry.name)
         provenance = self.paths.get("provenance")
         if stale_run and provenance is not None and not provenance.exists():
-            for path in self.paths.values():
+            for path in [*self.paths.values(), *self.replaces]:
                 if path.exists():
                     path.unlink()
                     self.swept.append(path.name)
@@ -133,15 +158,26 @@ class OutputSet:
         return path
 
     def commit(self) -> None:
-        """Rename every staged file into place, the JSON last. An old JSON goes first, so an
-        interrupted replacement reads as incomplete, never as the old run's."""
+        """Rename every staged file into place, the JSON last.
+
+        An old JSON goes first, so a replacement cut short reads as incomplete, never as the
+        old run's; and if the renames fail half-way the whole set is removed (complete or
+        absent).
+        """
         provenance = self.paths.get("provenance")
-        if provenance is not None and "provenance" in self.staged:
-            provenance.unlink(missing_ok=True)
         order = [role for role in self.staged if role != "provenance"]
         order += ["provenance"] if "provenance" in self.staged else []
-        for role in order:
-            os.replace(self.staged[role], self.paths[role])
+        try:
+            if provenance is not None and "provenance" in self.staged:
+                provenance.unlink(missing_ok=True)
+            for path in self.replaces:
+                path.unlink(missing_ok=True)
+            for role in order:
+                os.replace(self.staged[role], self.paths[role])
+        except BaseException:
+            for path in self.paths.values():
+                path.unlink(missing_ok=True)
+            raise
         self.staged.clear()
 
     def discard(self) -> None:
@@ -153,34 +189,3 @@ class OutputSet:
     def existing(self) -> list[str]:
         """Names of this stem's outputs already in the folder."""
         return [path.name for path in self.paths.values() if path.exists()]
-
-
-def _read_lock(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def _staged_pid(name: str) -> int | None:
-    try:
-        return int(name.split(_STAGE_TAG, 1)[1].split(".", 1)[0])
-    except (IndexError, ValueError):
-        return None
-
-
-def _is_alive(owner: dict | None) -> bool:
-    """Whether the process that wrote a lock still runs (on another host: assume it does)."""
-    if not owner or not isinstance(owner.get("pid"), int):
-        return False
-    if owner.get("host") not in (None, socket.gethostname()):
-        return True
-    if owner["pid"] == os.getpid():
-        return True
-    try:
-        os.kill(owner["pid"], 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -332,7 +332,13 @@ MIN_INPLANE_VOXELS = 8
 def _check_run_arguments(params: dict, *, erode_brain, min_size) -> None:
     """Refuse values no run can use before any work starts (one-line errors)."""
     for key, value in params.items():
-        if isinstance(value, float) and not math.isfinite(value):
+        number = value
+        if isinstance(value, str):  # "inf" and "nan" are not JSON: they arrive as text
+            try:
+                number = float(value)
+            except ValueError:
+                continue
+        if isinstance(number, float) and not math.isfinite(number):
             raise ValueError(f"{key} must be a finite number, got {value}")
     if int(erode_brain) < 0 or int(erode_brain) > 100:
         raise ValueError(f"erode_brain must be between 0 and 100 voxels, got {erode_brain}")
