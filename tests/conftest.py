@@ -155,3 +155,18 @@ def tiny_models(tiny_model_dir, tiny_addm_dir, tiny_disyre_dir, tiny_madad_dir):
         "disyre": tiny_disyre_dir,
         "madad": tiny_madad_dir,
     }
+
+
+@pytest.fixture
+def healthy_folder(tmp_path):
+    """Three healthy 40 x 44 x 8 phantoms (float32) with their brain masks (uint8)."""
+    folder = tmp_path / "healthy"
+    folder.mkdir()
+    for index in range(3):
+        image, mask = make_brain((40, 44, 8), seed=10 + index)
+        affine = np.diag([1.4, 1.4, 3.0, 1.0])
+        nib.save(
+            nib.Nifti1Image((image * 700).astype(np.float32), affine), folder / f"s{index}.nii.gz"
+        )
+        nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), folder / f"s{index}_mask.nii.gz")
+    return folder

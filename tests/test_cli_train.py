@@ -4,29 +4,12 @@ from __future__ import annotations
 
 import json
 
-import nibabel as nib
-import numpy as np
 import pytest
 
 from napari_uad.cli import main
 from napari_uad.models.checkpoint import load_config
-from napari_uad.phantoms import make_brain
 
 TINY = ["--grid", "32", "--channels", "8", "--batch-size", "4", "--checkpoint-every", "5"]
-
-
-@pytest.fixture
-def healthy_folder(tmp_path):
-    folder = tmp_path / "healthy"
-    folder.mkdir()
-    for index in range(3):
-        image, mask = make_brain((40, 44, 8), seed=10 + index)
-        affine = np.diag([1.4, 1.4, 3.0, 1.0])
-        nib.save(
-            nib.Nifti1Image((image * 700).astype(np.float32), affine), folder / f"s{index}.nii.gz"
-        )
-        nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine), folder / f"s{index}_mask.nii.gz")
-    return folder
 
 
 @pytest.fixture

@@ -214,6 +214,17 @@ def _stems_on_disk(out, stems):
     return state
 
 
+def _stop_while_running(scans, model, out, delay, signum):
+    """Start a slow restore, and send ``signum`` ``delay`` seconds after it made ``out``."""
+    import time
+
+    process = _restore_process(scans, model, out, *SLOW)
+    _wait_for(lambda: process.poll() is not None or out.exists())
+    time.sleep(delay)
+    process.send_signal(signum)
+    return process
+
+
 def _wait_for(predicate, timeout=60.0):
     import time
 
@@ -246,13 +257,9 @@ def test_sigterm_leaves_every_output_set_complete_or_absent(
     three_scans, tiny_model_dir, tmp_path, delay
 ):
     import signal
-    import time
 
     out = tmp_path / "out"
-    process = _restore_process(three_scans, tiny_model_dir, out, *SLOW)
-    _wait_for(lambda: process.poll() is not None or out.exists())
-    time.sleep(delay)
-    process.send_signal(signal.SIGTERM)
+    process = _stop_while_running(three_scans, tiny_model_dir, out, delay, signal.SIGTERM)
     _, error = process.communicate(timeout=120)
     assert process.returncode in (0, 143), error[-800:]
     if process.returncode == 143:
@@ -269,13 +276,10 @@ def test_sigterm_leaves_every_output_set_complete_or_absent(
 def test_after_sigkill_the_next_run_cleans_up_and_completes(
     three_scans, tiny_model_dir, tmp_path, delay
 ):
-    import time
+    import signal
 
     out = tmp_path / "out"
-    process = _restore_process(three_scans, tiny_model_dir, out, *SLOW)
-    _wait_for(lambda: process.poll() is not None or out.exists())
-    time.sleep(delay)
-    process.kill()
+    process = _stop_while_running(three_scans, tiny_model_dir, out, delay, signal.SIGKILL)
     process.communicate(timeout=60)
     stems = [p.name.removesuffix(".nii.gz") for p in three_scans]
     # What a reader sees: a stem with its JSON is complete; one without it is not finished.
@@ -293,21 +297,15 @@ def test_after_sigkill_the_next_run_cleans_up_and_completes(
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
 
 
-def test_sigterm_stops_training_and_saves_a_checkpoint(tmp_path):
+def test_sigterm_stops_training_and_saves_a_checkpoint(healthy_folder, tmp_path):
     import signal
     import subprocess
     import sys
 
     from napari_uad.training.state import STATE_NAME
 
-    folder = tmp_path / "healthy"
-    folder.mkdir()
-    for index in range(2):
-        image, _ = make_brain((40, 44, 8), seed=20 + index)
-        volume = nib.Nifti1Image((image * 700).astype(np.float32), np.eye(4))
-        nib.save(volume, folder / f"{index}.nii.gz")
     out = tmp_path / "model"
-    command = [sys.executable, "-m", "napari_uad", "train", str(folder), "--out", str(out)]
+    command = [sys.executable, "-m", "napari_uad", "train", str(healthy_folder), "--out", str(out)]
     command += ["--grid", "32", "--channels", "8", "--batch-size", "4", "--steps", "100000"]
     command += ["--checkpoint-every", "100000", "--device", "cpu", "--threads", "1"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -194,17 +194,6 @@ def _write_scan(path, data):
     nib.save(nib.Nifti1Image(np.asarray(data, np.float32), np.diag([1.4, 1.4, 3.0, 1.0])), path)
 
 
-@pytest.fixture
-def healthy_folder(tmp_path):
-    folder = tmp_path / "healthy"
-    folder.mkdir()
-    for index in range(3):
-        image, mask = make_brain((40, 44, 8), seed=10 + index)
-        _write_scan(folder / f"s{index}.nii.gz", image * 700)
-        _write_scan(folder / f"s{index}_mask.nii.gz", mask)
-    return folder
-
-
 def _tiny_slices(count=16):
     from napari_uad.training.dataset import slices_from_arrays
 

@@ -165,13 +165,6 @@ def single_colour_labels(colour: str):
         return None
 
 
-def colour_labels(layer, colour: str) -> None:
-    """Draw every non-zero label of a labels layer in one colour (where napari allows it)."""
-    colormap = single_colour_labels(colour)
-    if colormap is not None:
-        layer.colormap = colormap
-
-
 def truth_style() -> dict:
     """Keyword arguments of ``viewer.add_labels`` for a ground-truth mask, drawn in cyan (call
     :func:`outline_labels` on the layer to draw it as an outline)."""

@@ -321,7 +321,6 @@ def _format_warning(message, category, filename, lineno, line=None):
 
 
 def _restore(args) -> int:
-
     from .io import nifti_stem
     from .pipeline import load_method, parse_threshold
 
@@ -579,7 +578,10 @@ def _check_outputs(outputs, inputs, out: Path, *, overwrite: bool, stem=None) ->
             raise UsageError(f"refusing to overwrite the input file {output}: change --out")
     if stem is not None and (out / f".{stem}{LOCK_SUFFIX}").exists():
         return
-    existing = [p.name for p in outputs if p.exists()]
+    _refuse_existing([p.name for p in outputs if p.exists()], out, overwrite=overwrite)
+
+
+def _refuse_existing(existing: list[str], out: Path, *, overwrite: bool) -> None:
     if existing and not overwrite:
         raise UsageError(f"{existing[0]} exists in {out}; pass --overwrite to replace")
 
@@ -609,9 +611,7 @@ def _claimed_outputs(out: Path, stems, planned, *, overwrite: bool, replaces=Non
                     stacklevel=2,
                 )
         for claim in claims:
-            existing = claim.existing()
-            if existing and not overwrite:
-                raise UsageError(f"{existing[0]} exists in {out}; pass --overwrite to replace")
+            _refuse_existing(claim.existing(), out, overwrite=overwrite)
         yield claims
     finally:
         for claim in claims:

@@ -33,6 +33,18 @@ def mapping(where: str, value: Any) -> dict:
     return value
 
 
+def known_settings(where: str, data: Any, config_class, label: str) -> dict:
+    """``data`` when it is a JSON object whose keys are all fields of ``config_class``.
+
+    ``label`` names the settings in the error (``"UNet"``: "unknown UNet settings: [...]").
+    """
+    mapping(where, data)
+    unknown = set(data) - set(config_class.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown {label} settings: {sorted(unknown)}")
+    return data
+
+
 def integer(where: str, value: Any, low: int, high: int) -> int:
     """``value`` when it is an integer (not a bool) from ``low`` to ``high``."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:

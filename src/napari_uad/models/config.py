@@ -39,10 +39,7 @@ class DiffusionConfig:
             Naming the first setting of the wrong type or out of range (2 to 100,000 training
             timesteps, a known schedule and prediction type, 1 to 16 simplex octaves).
         """
-        bounds.mapping(where, data)
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown diffusion settings: {sorted(unknown)}")
+        bounds.known_settings(where, data, cls, "diffusion")
         config = cls(**data)
         bounds.integer(f"{where}.num_train_timesteps", config.num_train_timesteps, 2, 100_000)
         bounds.choice(f"{where}.beta_schedule", config.beta_schedule, BETA_SCHEDULES)

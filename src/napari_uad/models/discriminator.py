@@ -47,10 +47,7 @@ class DiscriminatorConfig:
         ValueError
             Naming the first setting of the wrong type or out of range.
         """
-        bounds.mapping(where, data)
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown discriminator settings: {sorted(unknown)}")
+        bounds.known_settings(where, data, cls, "discriminator")
         value = {**cls().to_dict(), **data}
         base = bounds.integer(f"{where}.base_channels", value["base_channels"], 4, 1024)
         if base % 4:

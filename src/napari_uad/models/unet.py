@@ -86,10 +86,7 @@ class UNetConfig:
             Naming the first setting of the wrong type or out of range (widths up to 1024
             base channels, 8 levels, 16 blocks per level, 500 M parameters).
         """
-        bounds.mapping(where, data)
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown UNet settings: {sorted(unknown)}")
+        bounds.known_settings(where, data, cls, "UNet")
         value = {**cls().to_dict(), **data}
 
         def name(key):

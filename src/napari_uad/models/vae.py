@@ -60,10 +60,7 @@ class VAEConfig:
         ValueError
             Naming the first setting of the wrong type or out of range.
         """
-        bounds.mapping(where, data)
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"unknown VAE settings: {sorted(unknown)}")
+        bounds.known_settings(where, data, cls, "VAE")
         value = {**cls().to_dict(), **data}
 
         def name(key):
