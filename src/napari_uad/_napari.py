@@ -155,24 +155,21 @@ TRUTH_COLOUR = "#00e5ff"
 LESION_COLOUR = "#ff3df5"
 
 
-def single_colour_labels(colour: str):
-    """A labels colormap drawing every non-zero label in ``colour`` (None on old napari)."""
+def single_colour_style(colour: str) -> dict:
+    """``{"colormap": ...}`` drawing every non-zero label of a labels layer in ``colour``
+    (empty on a napari without direct label colormaps: its default colours stay)."""
     try:
         from napari.utils.colormaps import DirectLabelColormap
 
-        return DirectLabelColormap(color_dict={None: colour, 0: "transparent"})
-    except (ImportError, TypeError, ValueError):  # older napari: keep its default colours
-        return None
+        return {"colormap": DirectLabelColormap(color_dict={None: colour, 0: "transparent"})}
+    except (ImportError, TypeError, ValueError):
+        return {}
 
 
 def truth_style() -> dict:
     """Keyword arguments of ``viewer.add_labels`` for a ground-truth mask, drawn in cyan (call
     :func:`outline_labels` on the layer to draw it as an outline)."""
-    style = {"opacity": 0.9}
-    colormap = single_colour_labels(TRUTH_COLOUR)
-    if colormap is not None:
-        style["colormap"] = colormap
-    return style
+    return {"opacity": 0.9, **single_colour_style(TRUTH_COLOUR)}
 
 
 def outline_labels(layer, width: int = 1) -> None:

@@ -23,10 +23,11 @@ DEMO_METHOD = "disyre"
 HEALTHY_PERCENTILE = 99.5
 
 
-def sample_threshold(
+def sample_thresholds(
     method: str = DEMO_METHOD, *, model=None, device: str = "auto", percentile=HEALTHY_PERCENTILE
-) -> float:
-    """The lesion threshold of ``method`` calibrated on the shipped healthy sample.
+) -> tuple[float, float | None]:
+    """The lesion threshold of ``method`` calibrated on the shipped healthy sample, and the
+    model's own calibrated threshold beside it.
 
     The healthy sample is the lesion sample's scan without its lesions; the threshold is the
     ``percentile`` of the method's anomaly scores inside its brain mask (99.5: half a percent
@@ -42,17 +43,20 @@ def sample_threshold(
 
     Returns
     -------
-    float
+    (float, float or None)
+        The healthy sample's threshold, and the model's (None when it has none).
     """
     from .io import read_mask, read_scan
-    from .pipeline import detect
+    from .pipeline import detect, load_method
     from .postprocess import healthy_threshold
     from .samples import sample_path
 
     healthy = read_scan(sample_path("healthy"))
     brain = read_mask(sample_path("brain_mask"), like=healthy)
     result = detect(healthy, method=method, model=model, brain_mask=brain, device=device)
-    return float(healthy_threshold(result.anomaly, percentile=percentile, mask=brain))
+    threshold = float(healthy_threshold(result.anomaly, percentile=percentile, mask=brain))
+    own = load_method(method, model, device=device).method.calibrated_threshold()
+    return threshold, own
 
 
 def explanation(
@@ -89,7 +93,7 @@ def _demo_files(*, out: Path, device: str) -> int:
     from .io import read_mask, read_scan, write_nifti
     from .io.atomic import atomic_write_text
     from .metrics import evaluate
-    from .pipeline import detect, load_method
+    from .pipeline import detect
     from .samples import sample_path
 
     scan = read_scan(sample_path("lesion"))
@@ -97,8 +101,7 @@ def _demo_files(*, out: Path, device: str) -> int:
     truth = read_mask(sample_path("lesion_truth"), like=scan)
     out.mkdir(parents=True, exist_ok=True)
     print("demo: calibrating the threshold on the healthy sample...", flush=True)
-    threshold = sample_threshold(DEMO_METHOD, device=device)
-    calibrated = load_method(DEMO_METHOD, device=device).method.calibrated_threshold()
+    threshold, calibrated = sample_thresholds(DEMO_METHOD, device=device)
     print(explanation(DEMO_METHOD, threshold, calibrated), flush=True)
     with tqdm(desc=f"demo ({DEMO_METHOD})", unit="step") as bar:
 
@@ -210,7 +213,7 @@ def start_demo_in_viewer(
 ):
     """Add the lesion sample to ``viewer``, dock the widgets and run Detect on the sample.
 
-    First the threshold is calibrated on the healthy sample (:func:`sample_threshold`, in a
+    First the threshold is calibrated on the healthy sample (:func:`sample_thresholds`, in a
     background thread); then the Detect widget runs ``method`` on the lesion sample at that
     threshold, and a notification says which method and threshold the demo uses, and why.
 
@@ -253,11 +256,7 @@ def start_demo_in_viewer(
     chosen = HEALTHY_PERCENTILE if percentile is None else float(percentile)
 
     def calibrated():
-        from .pipeline import load_method
-
-        threshold = sample_threshold(method, model=model, device=device, percentile=chosen)
-        own = load_method(method, model, device=device).method.calibrated_threshold()
-        return threshold, own
+        return sample_thresholds(method, model=model, device=device, percentile=chosen)
 
     def start(result):
         threshold, own = result

@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from .._napari import LESION_COLOUR, single_colour_style
 from ..display import to_display
 from ._common import (
     KEY,
@@ -317,13 +318,6 @@ def detect_job(scan, kwargs: dict, *, should_stop=None, preview_interval_s=PREVI
                 for i, z in enumerate(progress.slice_ids)
             }
         yield DetectUpdate(progress.done, progress.total, now - started, planes)
-
-
-def _lesion_style() -> dict:
-    from .._napari import LESION_COLOUR, single_colour_labels
-
-    colormap = single_colour_labels(LESION_COLOUR)
-    return {} if colormap is None else {"colormap": colormap}
 
 
 class DetectWidget(QWidget):
@@ -831,6 +825,7 @@ class DetectWidget(QWidget):
             scale, translate = to_display(result.healthy, scan.affine)[1], (0.0, 0.0, 0.0)
         contrast = source.contrast_limits if source is not None else None
         high = float(max(2 * result.threshold, 1e-6))
+        lesion_style = single_colour_style(LESION_COLOUR)
         specs = [
             (
                 "healthy",
@@ -851,7 +846,7 @@ class DetectWidget(QWidget):
                     "contrast_limits": (high / 4, high),
                 },
             ),
-            ("mask", "labels", outcome.labels, {"opacity": 0.7, **_lesion_style()}),
+            ("mask", "labels", outcome.labels, {"opacity": 0.7, **lesion_style}),
         ]
         if outcome.uncertainty is not None:
             spread = outcome.uncertainty[outcome.uncertainty > 0]
