@@ -61,9 +61,16 @@ def test_restore_writes_four_files_on_the_input_grid(
     assert sorted(p.name for p in out.iterdir()) == [
         "scan.json",
         "scan_anomaly.nii.gz",
+        "scan_brain_mask.nii.gz",
         "scan_healthy.nii.gz",
         "scan_mask.nii.gz",
     ]
+    # the brain that was scored is written beside the maps: here the given mask
+    brain = nib.load(out / "scan_brain_mask.nii.gz")
+    assert brain.get_data_dtype() == np.uint8
+    np.testing.assert_array_equal(
+        np.asarray(brain.dataobj) > 0, nib.load(phantom_scan_files["mask"]).get_fdata() > 0.5
+    )
 
     # Existing outputs are kept unless --overwrite.
     assert _restore([str(phantom_scan_files["scan"])], tiny_model_dir, out) == 2

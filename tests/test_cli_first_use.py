@@ -44,7 +44,7 @@ def _readme_synopsis() -> dict[str, set[str]]:
             current = match.group(1)
             commands.setdefault(current, set())
         if current:
-            commands[current].update(re.findall(r"--[a-z][a-z-]*", line))
+            commands[current].update(re.findall(r"--[a-z][a-z0-9-]*", line))
     return commands
 
 

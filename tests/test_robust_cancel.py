@@ -202,12 +202,13 @@ def three_scans(tmp_path_factory):
 
 
 def _stems_on_disk(out, stems):
-    """Per stem: 'complete' (JSON and the four maps), 'absent' (nothing) or what is there."""
+    """Per stem: 'complete' (JSON and all its maps), 'absent' (nothing) or what is there."""
     names = {p.name for p in out.iterdir()} if out.exists() else set()
     state = {}
     for stem in stems:
         mine = {n for n in names if n.startswith(f"{stem}_") or n == f"{stem}.json"}
-        maps = ("_healthy.nii.gz", "_anomaly.nii.gz", "_mask.nii.gz", "_uncertainty.nii.gz")
+        maps = ("_healthy.nii.gz", "_anomaly.nii.gz", "_mask.nii.gz", "_brain_mask.nii.gz")
+        maps += ("_uncertainty.nii.gz",)
         full = {f"{stem}{suffix}" for suffix in maps}  # --samples > 1: with uncertainty
         full.add(f"{stem}.json")
         state[stem] = "complete" if mine == full else ("absent" if not mine else sorted(mine))

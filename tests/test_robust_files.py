@@ -20,7 +20,13 @@ from napari_uad.io import InputError, read_scan, write_nifti
 from napari_uad.io import atomic as atomic_module
 from napari_uad.phantoms import make_brain
 
-OUTPUT_NAMES = ["scan.json", "scan_anomaly.nii.gz", "scan_healthy.nii.gz", "scan_mask.nii.gz"]
+OUTPUT_NAMES = [
+    "scan.json",
+    "scan_anomaly.nii.gz",
+    "scan_brain_mask.nii.gz",
+    "scan_healthy.nii.gz",
+    "scan_mask.nii.gz",
+]
 
 
 @pytest.fixture

@@ -115,7 +115,8 @@ def test_bad_brain_masks(tmp_path, tiny_model_dir, capsys):
     scan = _save(tmp_path / "scan.nii.gz", image * 900)
     other_grid = _save(tmp_path / "small.nii.gz", mask[:-4].astype(np.uint8))
     empty = _save(tmp_path / "empty.nii.gz", np.zeros(mask.shape, np.uint8))
-    constant_inside = _save(tmp_path / "flat.nii.gz", np.where(mask, 5.0, 0.0).astype(np.float32))
+    # 5.5, not an integer: two integer values are refused earlier, as a mask (napari_uad.checks).
+    constant_inside = _save(tmp_path / "flat.nii.gz", np.where(mask, 5.5, 0.0).astype(np.float32))
     out = tmp_path / "out"
     for path, brain, message in [
         (scan, other_grid, "voxel grid"),

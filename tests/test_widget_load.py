@@ -209,6 +209,6 @@ def test_scan_with_skull_gets_a_clear_message(qtbot, widget, tmp_path, monkeypat
     path = tmp_path / "with_skull.nii.gz"
     nib.save(nib.Nifti1Image(head, np.eye(4)), path)
     load(qtbot, widget, path)
-    assert len(warnings) == 1 and "does not look skull-stripped" in warnings[0]
+    assert len(warnings) == 1 and "still has skull" in warnings[0]
     assert not widget.notes_label.isHidden()
     assert "give a brain mask" in widget.notes_label.text()

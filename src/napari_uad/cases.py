@@ -51,10 +51,6 @@ BRAIN_MASK_SUFFIXES = ("_brain_mask", "_brainmask", "_brain-mask")
 TRUTH_SUFFIXES = ("_truth", "_seg", "_lesion_mask", "_lesions", "_gt")
 OUTPUT_SUFFIXES = ("_healthy", "_anomaly", "_mask")
 
-# A skull-stripped scan has its background set to one value (usually 0) over a large part of the
-# field of view; a scan with skull has noisy air around the head instead.
-SKULL_STRIPPED_MIN_BACKGROUND = 0.10
-
 
 def scan_stem(path: str | os.PathLike) -> str:
     """A short name for a scan path: file name without extension, or the DICOM folder's name.
@@ -268,32 +264,38 @@ def _format_name(path: Path) -> str:
     return "image"
 
 
-def skull_stripped_warning(volume: np.ndarray) -> str | None:
-    """A message when a scan does not look skull-stripped, else None.
+def skull_stripped_warning(
+    volume: np.ndarray, affine: np.ndarray | None = None, *, brain_mask: np.ndarray | None = None
+) -> str | None:
+    """A message when a scan still has skull or neck inside its brain mask, else None.
 
-    Heuristic: skull-stripping sets the background to a single value (usually 0), so in a
-    skull-stripped scan many voxels (at least 10 %; typically 30-70 %) hold exactly the
-    minimum. A scan with skull has noisy air around the head and hardly any voxel exactly at
-    the minimum. The brain mask estimate (threshold, hole filling, largest component) would then
-    take in the skull and scalp, so the user is told to give a brain mask.
+    The core check of every detection, :func:`napari_uad.checks.skull_warning` (mask volume,
+    field-of-view edges, a bright scalp rim, noisy air), on the scan and its brain mask.
 
     Parameters
     ----------
-    volume : ndarray
+    volume : (X, Y, Z) ndarray
+    affine : (4, 4) ndarray, optional
+        The scan's affine (identity, 1 mm voxels, when None).
+    brain_mask : (X, Y, Z) bool ndarray, optional
+        On the scan's grid; estimated when None.
 
     Returns
     -------
     str or None
     """
+    from .checks import skull_warning
+    from .preprocess import canonical_affine, estimate_brain_mask, to_canonical
+
     volume = np.asarray(volume)
-    fraction = float(np.count_nonzero(volume == volume.min())) / max(volume.size, 1)
-    if fraction >= SKULL_STRIPPED_MIN_BACKGROUND:
-        return None
-    return (
-        f"This scan does not look skull-stripped (only {100 * fraction:.1f} % background "
-        "voxels): the estimated brain mask may include skull and scalp; give a brain mask "
-        "(e.g. from SynthStrip or HD-BET) or edit the mask"
-    )
+    affine = np.eye(4) if affine is None else np.asarray(affine, dtype=float)
+    ras, _ = to_canonical(volume, affine)
+    if brain_mask is None:
+        mask = estimate_brain_mask(ras)
+    else:
+        mask = to_canonical(np.asarray(brain_mask, dtype=bool), affine)[0]
+    spacing = np.linalg.norm(canonical_affine(affine, volume.shape)[:3, :3], axis=0)
+    return skull_warning(ras, mask, tuple(spacing), mask_given=brain_mask is not None)
 
 
 def estimate_case_brain_mask(scan: Scan) -> tuple[np.ndarray, list[str]]:
@@ -307,14 +309,16 @@ def estimate_case_brain_mask(scan: Scan) -> tuple[np.ndarray, list[str]]:
     -------
     mask : (X, Y, Z) bool ndarray
     notes : list of str
-        The skull-stripping warning of :func:`skull_stripped_warning`, if any.
+        The skull-and-neck warning of :func:`napari_uad.checks.skull_warning`, if any.
     """
-    from .preprocess import estimate_brain_mask, from_canonical, to_canonical
+    from .checks import skull_warning
+    from .preprocess import canonical_affine, estimate_brain_mask, from_canonical, to_canonical
 
     ras, orientation = to_canonical(scan.data, scan.affine)
-    mask = from_canonical(estimate_brain_mask(ras), orientation)
-    message = skull_stripped_warning(scan.data)
-    return mask, [message] if message else []
+    mask_ras = estimate_brain_mask(ras)
+    spacing = np.linalg.norm(canonical_affine(scan.affine, scan.shape)[:3, :3], axis=0)
+    message = skull_warning(ras, mask_ras, tuple(spacing))
+    return from_canonical(mask_ras, orientation), [message] if message else []
 
 
 def check_slice_range(start: int, stop: int, n_slices: int) -> tuple[int, int]:

@@ -56,8 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
         "restore",
         help="pseudo-healthy image, anomaly map and lesion mask for scans",
         description="Run a method over scans. For each INPUT it writes <stem>_healthy.nii.gz, "
-        "<stem>_anomaly.nii.gz, <stem>_mask.nii.gz and <stem>.json to --out, on the input's "
-        "grid and affine. Unset options take the method's defaults stored with its model "
+        "<stem>_anomaly.nii.gz, <stem>_mask.nii.gz (lesions), <stem>_brain_mask.nii.gz (the "
+        "brain scored) and <stem>.json to --out, on the input's grid and affine. Raw scanner "
+        "T1s (skull, neck) need --prepare (or 'napari-uad prepare' first). Unset options "
+        "take the method's defaults stored with its model "
         "(docs/methods.md). The progress bar counts network evaluations of a batch of slices.",
         formatter_class=_DefaultsHelp,
     )
@@ -129,6 +131,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=8, metavar="B", help="slices per network call"
     )
     restore.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
+    restore.add_argument(
+        "--prepare",
+        action="store_true",
+        help="prepare each scan first (crop, N4, skull strip, align; see 'napari-uad prepare'); "
+        "the outputs still land on the input's grid",
+    )
+    _add_prepare_arguments(restore, prefix="prepare-")
     _add_sampling_arguments(restore)
     restore.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
     restore.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -191,6 +200,23 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--json", type=Path, metavar="PATH", help="also write metrics as JSON")
 
     _add_train_parser(commands)
+    _add_calibrate_parser(commands)
+
+    prepare = commands.add_parser(
+        "prepare",
+        help="raw scanner T1 -> skull-stripped brain for the models (crop, N4, skull strip, align)",
+        description="Prepare raw T1 scans (skull, neck, bias field, any tilt) for the models: "
+        "reorient, crop the neck, resample (anti-aliased), N4 bias correction, skull stripping "
+        "(BET by default), rigid alignment to the MNI152 template. For each INPUT it writes "
+        "<stem>_prepared.nii.gz (the brain, 0 outside), <stem>_prepared_brain_mask.nii.gz (its "
+        "grid), <stem>_brain_mask.nii.gz (the brain mask on the input's grid, for "
+        "'restore --brain-mask') and <stem>_prepare.json (steps, times, the transform back).",
+        formatter_class=_DefaultsHelp,
+    )
+    prepare.add_argument("inputs", nargs="+", metavar="INPUT", help="NIfTI scans or DICOM series")
+    _add_prepare_arguments(prepare)
+    prepare.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    prepare.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
     commands.add_parser("models", help="list installed models")
 
@@ -204,6 +230,123 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", default="auto")
     demo.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
     return parser
+
+
+def _add_prepare_arguments(parser, *, prefix: str = "") -> None:
+    """The preparation's options; restore names them --prepare-..."""
+    parser.add_argument(
+        f"--{prefix}skull-strip",
+        dest="skull_strip",
+        choices=("bet", "hd-bet", "synthstrip", "none"),
+        default="bet",
+        help="bet (built in), hd-bet or synthstrip (when installed), none (already stripped)",
+    )
+    parser.add_argument(
+        f"--{prefix}align",
+        dest="align",
+        choices=("none", "rigid", "affine"),
+        default="rigid",
+        help="alignment to the models' MNI152 template space",
+    )
+    parser.add_argument(
+        f"--{prefix}resolution",
+        dest="resolution",
+        default="1",
+        metavar="MM|native",
+        help="isotropic voxel size of the prepared scan; 'native' keeps the input's voxels",
+    )
+    parser.add_argument(
+        f"--{prefix}no-crop", dest="no_crop", action="store_true", help="keep the neck"
+    )
+    parser.add_argument(
+        f"--{prefix}no-n4", dest="no_n4", action="store_true", help="skip N4 bias correction"
+    )
+
+
+def _prepare_options(args):
+    from .prepare import PrepareOptions
+
+    if args.resolution == "native":
+        resolution = None
+    else:
+        try:
+            resolution = float(args.resolution)
+        except ValueError:
+            raise UsageError(
+                f"--resolution must be a size in mm or 'native', got {args.resolution!r}"
+            ) from None
+    return PrepareOptions(
+        crop=not args.no_crop,
+        resolution=resolution,
+        bias_correction=not args.no_n4,
+        skull_strip=args.skull_strip,
+        align=args.align,
+    )
+
+
+def _prepare(args) -> int:
+    """``napari-uad prepare``: the prepared brain, its masks and the record of each step."""
+    from .io import Scan, nifti_stem, read_scan, write_nifti
+    from .io.atomic import atomic_write_text
+
+    options = _prepare_options(args)
+    stems = [nifti_stem(path) for path in args.inputs]
+    if len(set(stems)) != len(stems):
+        raise UsageError("two inputs share a file name; their outputs would collide")
+    planned = [_prepare_paths(args.out, stem) for stem in stems]
+    _check_out_folder(args.out)
+    for stem, outputs in zip(stems, planned, strict=True):
+        _check_outputs(outputs.values(), args.inputs, args.out, overwrite=args.overwrite, stem=stem)
+    with _claimed_outputs(args.out, stems, planned, overwrite=args.overwrite) as claims:
+        for path, stem, claim in zip(args.inputs, stems, claims, strict=True):
+            _say(f"reading {path}")
+            scan = read_scan(path)
+            prepared = _prepare_with_bar(scan, options, stem)
+            grid = Scan(prepared.scan.data, prepared.scan.affine)
+            write_nifti(claim.stage("prepared"), prepared.scan.data, like=grid)
+            write_nifti(claim.stage("prepared_mask"), prepared.brain_mask, like=grid, dtype="uint8")
+            write_nifti(
+                claim.stage("brain_mask"), prepared.brain_mask_input, like=scan, dtype="uint8"
+            )
+            record = {"input": str(Path(path).resolve()), "input_shape": list(scan.shape)}
+            record.update(prepared.provenance())
+            record["napari_uad_version"] = __version__
+            atomic_write_text(claim.stage("provenance"), json.dumps(record, indent=2) + "\n")
+            claim.commit()
+            seconds = sum(step.get("seconds", 0.0) for step in prepared.steps)
+            print(
+                f"{stem}: brain {record['brain_volume_ml']:.0f} mL, {prepared.scan.shape[0]} x "
+                f"{prepared.scan.shape[1]} x {prepared.scan.shape[2]} voxels; {seconds:.1f} s "
+                f"-> {args.out}"
+            )
+    return 0
+
+
+def _prepare_paths(out: Path, stem: str) -> dict[str, Path]:
+    return {
+        "prepared": out / f"{stem}_prepared.nii.gz",
+        "prepared_mask": out / f"{stem}_prepared_brain_mask.nii.gz",
+        "brain_mask": out / f"{stem}_brain_mask.nii.gz",
+        "provenance": out / f"{stem}_prepare.json",
+    }
+
+
+def _prepare_with_bar(scan, options, stem: str):
+    from tqdm.auto import tqdm
+
+    from .prepare import prepare_scan
+    from .prepare.core import check_preparable
+
+    check_preparable(scan)
+    with tqdm(total=5, desc=f"{stem} (prepare)", unit="step") as bar:
+
+        def progress(done, total, name):
+            bar.set_postfix_str(name)
+            bar.update(done - bar.n)
+
+        prepared = prepare_scan(scan, options, progress=progress)
+        bar.update(bar.total - bar.n)
+    return prepared
 
 
 def _add_sampling_arguments(parser, *, method_params: bool = True) -> None:
@@ -223,6 +366,95 @@ def _add_sampling_arguments(parser, *, method_params: bool = True) -> None:
         help="a method parameter (docs/methods.md), e.g. harmonise_at=[300,150] or "
         "mask_percentile=90" + ("" if method_params else "; prefix the method: thor.kernel=9"),
     )
+
+
+def _add_calibrate_parser(commands) -> None:
+    from .methods import METHOD_NAMES
+
+    calibrate = commands.add_parser(
+        "calibrate",
+        help="calibrate a model's lesion threshold on your own healthy scans",
+        description="Run a method on healthy control scans from your scanner, prepared as your "
+        "patients' scans are, and save a copy of the model whose threshold is the --percentile "
+        "of the controls' pooled brain anomaly values; 'restore --model NAME --threshold auto' "
+        "then uses it. Give 3 or more controls, and the method options you will restore with "
+        "(method parameters given here become the new model's defaults).",
+        formatter_class=_DefaultsHelp,
+    )
+    calibrate.add_argument(
+        "controls",
+        nargs="+",
+        metavar="CONTROL",
+        help="healthy scans: NIfTI files, DICOM series folders, or folders of NIfTI scans "
+        "(searched recursively; <stem>_mask.nii.gz beside a scan is its brain mask)",
+    )
+    calibrate.add_argument(
+        "--method",
+        required=True,
+        choices=METHOD_NAMES,
+        metavar="NAME",
+        help=f"one of {', '.join(METHOD_NAMES)}",
+    )
+    calibrate.add_argument(
+        "--model", help="model name or folder to calibrate (default: the method's shipped model)"
+    )
+    calibrate.add_argument(
+        "--out",
+        required=True,
+        metavar="NAME_OR_DIR",
+        help="name of the new model (saved in the user models folder) or a folder path",
+    )
+    calibrate.add_argument(
+        "--brain-mask",
+        action="append",
+        metavar="PATH|auto",
+        help="brain mask per control, in order (repeat); default: <stem>_mask beside the scan, "
+        "else estimated",
+    )
+    calibrate.add_argument(
+        "--percentile",
+        type=float,
+        default=99.5,
+        metavar="P",
+        help="share of healthy brain voxels below the threshold (99.5 flags 0.5 %%)",
+    )
+    calibrate.add_argument(
+        "--noise", choices=("gaussian", "simplex"), help="noise type (DDPM methods)"
+    )
+    calibrate.add_argument("--noise-level", type=int, metavar="T", help="timestep to noise to")
+    calibrate.add_argument("--steps", type=int, metavar="N", help="denoising steps per slice")
+    calibrate.add_argument("--eta", type=float, metavar="E", help="0: DDIM, 1: DDPM")
+    calibrate.add_argument("--smoothing", type=int, metavar="K", help="median filter size")
+    calibrate.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a method parameter (docs/methods.md), e.g. mask_percentile=90",
+    )
+    calibrate.add_argument(
+        "--erode-brain",
+        type=int,
+        default=0,
+        metavar="N",
+        help="erode the brain masks by N voxels (restore with the same --erode-brain)",
+    )
+    calibrate.add_argument(
+        "--samples",
+        type=int,
+        default=1,
+        metavar="K",
+        help="average K seeds per control (restore with the same --samples)",
+    )
+    calibrate.add_argument("--seed", type=int, default=0, metavar="S", help="seed of all runs")
+    calibrate.add_argument(
+        "--batch-size", type=int, default=8, metavar="B", help="slices per network call"
+    )
+    calibrate.add_argument(
+        "--device", default="auto", metavar="DEVICE", help="auto, cpu, cuda or mps"
+    )
+    calibrate.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
+    calibrate.add_argument("--overwrite", action="store_true", help="replace a model named --out")
 
 
 def _add_train_parser(commands) -> None:
@@ -279,8 +511,10 @@ def main(argv: list[str] | None = None) -> int:
         "compare": _compare,
         "evaluate": _evaluate,
         "train": _train,
+        "calibrate": _calibrate,
         "models": _models,
         "demo": _demo,
+        "prepare": _prepare,
     }
     try:
         with (
@@ -336,6 +570,10 @@ def _restore(args) -> int:
         raise UsageError("--batch-size must be >= 1")
     if args.samples < 1:
         raise UsageError("--samples must be >= 1")
+    if args.prepare and any(m != "auto" for m in masks):
+        raise UsageError("--prepare makes the brain mask: give --brain-mask or --prepare, not both")
+    if args.prepare:
+        _prepare_options(args)  # bad preparation options fail before the model loads
     stems = [nifti_stem(path) for path in args.inputs]
     if len(set(stems)) != len(stems):
         raise UsageError("two inputs share a file name; their outputs would collide")
@@ -388,12 +626,25 @@ def _restore_one(args, index, path, stem, outputs, claim, masks, threshold, para
             bars.append(tqdm(total=update.total, desc=f"{stem} ({args.method})", unit="step"))
         bars[0].update(update.done - bars[0].n)
 
+    if args.prepare:
+        from .methods.base import run_to_completion
+        from .prepare.detection import iter_detect_prepared
+
+        prepared = _prepare_with_bar(scan, _prepare_options(args), stem)
+
+        def run(**kwargs):
+            return run_to_completion(
+                iter_detect_prepared(scan, prepared=prepared, **kwargs), progress
+            )
+    else:
+
+        def run(**kwargs):
+            return detect(scan, brain_mask=brain_mask, progress=progress, **kwargs)
+
     try:
-        result = detect(
-            scan,
+        result = run(
             method=args.method,
             model=args.model,
-            brain_mask=brain_mask,
             device=args.device,
             seed=args.seed,
             batch_size=args.batch_size,
@@ -401,7 +652,6 @@ def _restore_one(args, index, path, stem, outputs, claim, masks, threshold, para
             min_size=args.min_size,
             erode_brain=args.erode_brain,
             samples=args.samples,
-            progress=progress,
             **params,
         )
     finally:
@@ -416,6 +666,7 @@ def _restore_one(args, index, path, stem, outputs, claim, masks, threshold, para
     write_nifti(claim.stage("healthy"), result.healthy, like=scan)
     write_nifti(claim.stage("anomaly"), result.anomaly, like=scan)
     write_nifti(claim.stage("mask"), result.lesion_mask, like=scan, dtype="uint8")
+    write_nifti(claim.stage("brain_mask"), result.brain_mask, like=scan, dtype="uint8")
     if "uncertainty" in outputs:
         write_nifti(claim.stage("uncertainty"), result.uncertainty, like=scan)
     atomic_write_text(claim.stage("provenance"), json.dumps(provenance, indent=2) + "\n")
@@ -442,6 +693,7 @@ def _output_paths(out: Path, stem: str, *, uncertainty: bool = False) -> dict[st
         "healthy": out / f"{stem}_healthy.nii.gz",
         "anomaly": out / f"{stem}_anomaly.nii.gz",
         "mask": out / f"{stem}_mask.nii.gz",
+        "brain_mask": out / f"{stem}_brain_mask.nii.gz",
     }
     if uncertainty:
         paths["uncertainty"] = out / f"{stem}_uncertainty.nii.gz"
@@ -719,6 +971,74 @@ def _print_table(rows: list[dict], columns: list[str]) -> None:
     print(format_table(rows, columns))
 
 
+def _calibrate(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .site_calibration import (
+        calibrate_on_controls,
+        check_percentile,
+        check_site_model_out,
+        find_controls,
+        restore_hint,
+    )
+
+    percentile = check_percentile(args.percentile)
+    if args.batch_size < 1 or args.samples < 1:
+        raise UsageError("--batch-size and --samples must be >= 1")
+    controls = find_controls(args.controls, args.brain_mask)
+    out = check_site_model_out(args.out, overwrite=args.overwrite)  # before minutes of work
+    params = {
+        "noise": args.noise,
+        "noise_level": args.noise_level,
+        "steps": args.steps,
+        "eta": args.eta,
+        "smoothing": args.smoothing,
+    }
+    params = {k: v for k, v in params.items() if v is not None}
+    params.update(_parse_options(args.param, flag="--param"))
+    _say(f"loading the {args.method} model{f' {args.model}' if args.model else ''} (torch)...")
+    bars: dict[int, tqdm] = {}
+
+    def progress(update):
+        if not update.total:
+            return
+        bar = bars.get(update.control)
+        if bar is None:
+            for previous in bars.values():
+                previous.close()
+            desc = f"{update.control + 1}/{update.controls} {update.name}"
+            bar = bars[update.control] = tqdm(total=update.total, desc=desc, unit="step")
+        bar.update(update.done - bar.n)
+
+    try:
+        calibration = calibrate_on_controls(
+            controls,
+            method=args.method,
+            model=args.model,
+            percentile=percentile,
+            device=args.device,
+            progress=progress,
+            seed=args.seed,
+            samples=args.samples,
+            erode_brain=args.erode_brain,
+            batch_size=args.batch_size,
+            **params,
+        )
+    finally:
+        for bar in bars.values():
+            bar.close()
+    folder = calibration.save(out, overwrite=args.overwrite)
+    print(calibration.summary())
+    columns = ["control", "brain_mL", "old_mL", "old_%", "new_mL", "new_%", "held_out_%"]
+    _print_table(calibration.rows(), columns)
+    print(f"saved model {folder.name!r} -> {folder}")
+    from .models.registry import user_models_dir
+
+    named = _same_path(folder.parent, user_models_dir())
+    print(f"use it with: {restore_hint(calibration, folder.name if named else str(folder))}")
+    return 0
+
+
 def _train(args) -> int:
     from tqdm.auto import tqdm
 
@@ -914,11 +1234,13 @@ def _models(args) -> int:
             "grid": m.grid,
             "size_mb": f"{m.size_mb:.1f}",
             "source": m.source,
+            **({"origin": m.origin} if m.origin else {}),
             "path": str(m.path),
         }
         for m in models
     ]
-    _print_table(rows, ["name", "method", "noise", "grid", "size_mb", "source", "path"])
+    columns = ["name", "method", "noise", "grid", "size_mb", "source", "origin", "path"]
+    _print_table(rows, columns)
     return 0
 
 

@@ -19,6 +19,13 @@ from typing import Any
 import numpy as np
 
 from . import __version__
+from .checks import (
+    ScanWarning,
+    check_not_label_map,
+    scan_warnings,
+    trained_brain_fraction,
+    trained_slices,
+)
 from .io import InputError, Scan
 from .methods import get_method_class
 from .methods.base import (
@@ -30,7 +37,7 @@ from .methods.base import (
     run_to_completion,
 )
 from .postprocess import binarise, erode_mask, lesion_table
-from .preprocess import PreparedVolume, from_canonical, prepare_volume
+from .preprocess import PreparedVolume, from_canonical, prepare_volume, to_canonical
 
 
 @dataclass
@@ -171,6 +178,17 @@ def iter_detect(
     :class:`~napari_uad.io.InputError`. NaN and Inf voxels are set to 0 with a warning; scans
     above the size limit (:mod:`napari_uad.io.limits`) are refused.
 
+    The scan is checked once (:mod:`napari_uad.checks`): a label map or mask passed as the scan
+    raises :class:`~napari_uad.io.InputError`; skull and neck inside the brain mask, or a
+    contrast unlike T1, give a one-line :class:`~napari_uad.checks.ScanWarning`, also recorded
+    in the provenance (``"warnings"``).
+
+    Slices are chosen as in training: only axial slices whose brain area (on the model grid)
+    is at least the model's ``preprocessing.min_brain_fraction`` (0.35 when the config does not
+    store one) of the largest slice's are processed; the others, thin end slices the model never
+    saw, get anomaly 0. The provenance records ``min_brain_fraction`` and ``slices_skipped``
+    (slices with brain left out by this rule).
+
     Parameters
     ----------
     scan : Scan
@@ -192,7 +210,8 @@ def iter_detect(
         silences the brain edge where reconstructions are least reliable.
     slices : sequence of int, optional
         Restrict to these axial slices (indices in RAS+ orientation, see
-        :func:`napari_uad.preprocess.to_canonical`); all slices with brain when None.
+        :func:`napari_uad.preprocess.to_canonical`); all slices with enough brain (the slice rule
+        above, which also applies to these) when None.
     samples : int
         Run the method with ``samples`` seeds (``seed``, ``seed + 1``, ...) and return the mean
         maps and the per-voxel standard deviation (``Detection.uncertainty``).
@@ -211,6 +230,7 @@ def iter_detect(
 
     tick = time.perf_counter()
     config = loaded.method.config
+    check_not_label_map(scan.data)
     prepared = prepare_volume(
         scan,
         brain_mask=brain_mask,
@@ -219,7 +239,9 @@ def iter_detect(
         upper_percentile=config.preprocessing.get("upper_percentile", 99.0),
     )
     _check_axial_slices(prepared.brain_mask_ras.shape)
-    keep = _select_slices(prepared, slices)
+    scan_notes = _scan_warnings(scan, prepared, mask_given=brain_mask is not None)
+    fraction = trained_brain_fraction(config.preprocessing)
+    keep, skipped = _select_slices(prepared, slices, fraction=fraction)
     timings["preprocess_s"] = time.perf_counter() - tick
 
     tick = time.perf_counter()
@@ -307,6 +329,9 @@ def iter_detect(
         "batch_size_used": result.batch_size or batch_size,
         "nfe_per_slice": result.nfe,
         "slices_processed": n_slices,
+        "slices_skipped": skipped,
+        "min_brain_fraction": fraction,
+        "warnings": scan_notes,
         "timings": {k: round(v, 4) for k, v in timings.items()},
         "lesions": {
             "count": len(lesions),
@@ -368,15 +393,39 @@ def _check_axial_slices(ras_shape) -> None:
         )
 
 
-def _select_slices(prepared: PreparedVolume, slices) -> np.ndarray:
-    """Boolean selector over ``prepared.slice_indices`` for the requested RAS slices."""
-    if slices is None:
-        return np.ones(len(prepared.slice_indices), dtype=bool)
-    wanted = np.asarray(list(slices), dtype=int)
-    keep = np.isin(prepared.slice_indices, wanted)
+def _scan_warnings(scan: Scan, prepared: PreparedVolume, *, mask_given: bool) -> list[str]:
+    """Issue the scan's :class:`ScanWarning` s (skull, contrast) and return their texts."""
+    data_ras = to_canonical(scan.data, scan.affine)[0]
+    if not np.isfinite(data_ras).all():  # prepare_volume has warned already
+        data_ras = np.where(np.isfinite(data_ras), data_ras, 0)
+    notes = scan_warnings(
+        data_ras, prepared.brain_mask_ras, prepared.spacing_ras, mask_given=mask_given
+    )
+    for note in notes:
+        warnings.warn(note, ScanWarning, stacklevel=3)
+    return notes
+
+
+def _select_slices(prepared: PreparedVolume, slices, *, fraction: float) -> tuple[np.ndarray, int]:
+    """Boolean selector over ``prepared.slice_indices`` for the requested RAS slices that the
+    training's slice rule keeps (brain area >= ``fraction`` of the largest slice's), and the
+    number of requested slices with brain that the rule leaves out."""
+    wanted = np.ones(len(prepared.slice_indices), dtype=bool)
+    with_brain = np.flatnonzero(prepared.brain_mask_ras.any(axis=(0, 1)))
+    if slices is not None:
+        requested = np.asarray(list(slices), dtype=int)
+        wanted = np.isin(prepared.slice_indices, requested)
+        if not wanted.any():
+            raise ValueError("none of the requested slices contains brain")
+        with_brain = np.intersect1d(with_brain, requested)
+    keep = wanted & trained_slices(prepared.mask_model, fraction)
     if not keep.any():
-        raise ValueError("none of the requested slices contains brain")
-    return keep
+        raise InputError(
+            f"the requested slices hold too little brain for this model: it was trained on "
+            f"axial slices with at least {100 * fraction:.0f} % of the largest slice's brain "
+            "area; choose slices nearer the middle of the brain"
+        )
+    return keep, int(with_brain.size - np.count_nonzero(keep))
 
 
 def _to_scan_intensity(prepared: PreparedVolume, healthy01: np.ndarray) -> np.ndarray:

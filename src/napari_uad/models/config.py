@@ -73,7 +73,8 @@ class ModelConfig:
     unet : UNetConfig
     diffusion : DiffusionConfig
     preprocessing : dict
-        Intensity normalisation used in training (percentiles).
+        Intensity normalisation used in training (percentiles) and, optionally, the slice rule
+        ``min_brain_fraction`` (0.35 when absent; see :mod:`napari_uad.checks`).
     defaults : dict
         Default inference parameters for this model (noise level, steps, smoothing).
     calibration : dict
@@ -159,6 +160,8 @@ def _check_preprocessing(preprocessing: dict) -> None:
     upper = preprocessing.get("upper_percentile", 99.0)
     bounds.number("preprocessing.lower_percentile", lower, 0, 100)
     bounds.number("preprocessing.upper_percentile", upper, 0, 100)
+    if "min_brain_fraction" in preprocessing:  # the training's slice rule (napari_uad.checks)
+        bounds.number("preprocessing.min_brain_fraction", preprocessing["min_brain_fraction"], 0, 1)
     if lower >= upper:
         raise ValueError(
             f"preprocessing.lower_percentile ({lower}) must be below upper_percentile ({upper})"

@@ -44,6 +44,9 @@ class ModelInfo:
     noise: str
     size_mb: float
     error: str | None = None
+    #: Where the model came from when it was derived from another (``training["origin"]``,
+    #: e.g. "site calibration of disyre (...)"), else "".
+    origin: str = ""
 
 
 def resolve_model(name_or_path) -> Path:
@@ -186,6 +189,7 @@ def _model_info(path: Path, source: str) -> ModelInfo:
         grid=config.grid,
         noise=config.diffusion.noise,
         size_mb=round(size, 2),
+        origin=str((config.training or {}).get("origin") or ""),
     )
 
 

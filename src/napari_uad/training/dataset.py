@@ -24,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..checks import LABEL_MAX_VALUES, is_piecewise_constant
 from ..io import InputError, nifti_stem, read_mask, read_scan
 from ..io.atomic import atomic_write
 from ..preprocess import prepare_volume
@@ -31,11 +32,7 @@ from ..preprocess import prepare_volume
 MASK_SUFFIXES = ("_mask", "_brainmask", "_brain_mask")
 NOT_SCAN_SUFFIXES = MASK_SUFFIXES + ("_seg", "_label", "_labels", "_lesion", "_truth")
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
-#: A volume of integers with at most this many distinct values is a label map or a mask.
-LABEL_MAX_VALUES = 64
-#: ... as is one of integers where this fraction of neighbouring voxels (outside the zero
-#: background) are equal: piecewise constant, unlike any scan (MNI T1: 0.1, atlases: > 0.8).
-LABEL_MIN_EQUAL_NEIGHBOURS = 0.8
+# Label maps and masks (LABEL_MAX_VALUES, is_piecewise_constant): the rule of napari_uad.checks.
 #: Below this correlation between neighbouring voxels (along every axis) a volume is noise
 #: (brain scans: > 0.85; white noise: about 0).
 NOISE_MAX_CORRELATION = 0.3
@@ -277,7 +274,7 @@ def not_a_t1_scan(data: np.ndarray) -> str | None:
         if count is not None and count <= LABEL_MAX_VALUES:
             label = count >= 2  # a constant volume is left to prepare_volume
         else:
-            label = _piecewise_constant(data)
+            label = is_piecewise_constant(data)
         if label:
             count = count if count is not None else len(np.unique(flat))
             return f"looks like a label map ({count} integer values), {NOT_A_T1}"
@@ -301,17 +298,6 @@ def not_a_t1_scan(data: np.ndarray) -> str | None:
     if best < NOISE_MAX_CORRELATION:
         return f"looks like pure noise (neighbouring voxels correlate {best:.2f}), {NOT_A_T1}"
     return None
-
-
-def _piecewise_constant(data: np.ndarray) -> bool:
-    total = equal = 0
-    for axis in range(data.ndim):
-        before = (slice(None),) * axis
-        ahead, behind = data[before + (slice(1, None),)], data[before + (slice(None, -1),)]
-        foreground = (ahead != 0) | (behind != 0)
-        total += int(foreground.sum())
-        equal += int(((ahead == behind) & foreground).sum())
-    return total > 0 and equal >= LABEL_MIN_EQUAL_NEIGHBOURS * total
 
 
 class _NotAScan(Exception):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import functools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Literal
 
 import numpy as np
@@ -19,9 +19,12 @@ from qtpy.QtCore import Qt, QTimer
 from qtpy.QtGui import QStandardItem, QStandardItemModel
 from qtpy.QtWidgets import (
     QComboBox,
+    QFileDialog,
     QFormLayout,
     QHBoxLayout,
+    QInputDialog,
     QLabel,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QSpinBox,
@@ -185,6 +188,14 @@ def model_description(info, *, method: str | None = None, full: bool = False) ->
         calibrated = get_method_class(method).calibrated_threshold_of(config)
     parts = [f"{info.noise} noise", f"{info.grid} px"]
     parts.append(f"threshold {calibrated:.3g}" if calibrated is not None else "not calibrated")
+    if method is not None and calibrated is not None:
+        from ..site_calibration import site_entry_of
+
+        site = site_entry_of(config, method)
+        if site is not None:
+            parts[-1] += f" (from {site.get('count', '?')} site controls)"
+    if full and getattr(info, "origin", ""):
+        parts.append(info.origin)
     if full:
         steps = (config.training or {}).get("steps")
         if steps:
@@ -281,6 +292,7 @@ def detect_job(scan, kwargs: dict, *, should_stop=None, preview_interval_s=PREVI
     preview_interval_s : float
         Minimum seconds between two previews.
     """
+    from ..checks import check_not_label_map
     from ..pipeline import iter_detect, load_method
     from ..preprocess import from_model_grid, prepare_volume
 
@@ -293,6 +305,7 @@ def detect_job(scan, kwargs: dict, *, should_stop=None, preview_interval_s=PREVI
         device=kwargs["device"],
     )
     config = loaded.method.config
+    check_not_label_map(scan.data)  # before this preview geometry's own errors, as the pipeline
     prepared = prepare_volume(
         scan,
         brain_mask=kwargs.get("brain_mask"),
@@ -318,6 +331,36 @@ def detect_job(scan, kwargs: dict, *, should_stop=None, preview_interval_s=PREVI
                 for i, z in enumerate(progress.slice_ids)
             }
         yield DetectUpdate(progress.done, progress.total, now - started, planes)
+
+
+#: File dialog filter of the healthy control scans.
+CONTROL_FILTER = "NIfTI scans (*.nii *.nii.gz);;All files (*)"
+
+
+def calibration_kwargs(params: DetectParams) -> dict:
+    """Keyword arguments of :func:`napari_uad.site_calibration.iter_calibrate_on_controls`
+    for ``params``: those of a whole-volume run, without a threshold."""
+    kwargs = detect_kwargs(replace(params, scope="volume", slice_index=None))
+    kwargs.pop("threshold", None)
+    return kwargs
+
+
+@reports_errors
+def calibration_job(controls, kwargs: dict, out, *, overwrite=False, should_stop=None):
+    """Generator run by the widget's ``thread_worker``: calibrates on the healthy
+    ``controls`` (yielding :class:`~napari_uad.site_calibration.CalibrationProgress`), saves
+    the site model ``out``, and returns ``(calibration, folder)``; None when cancelled (no
+    model is saved then)."""
+    from ..methods.base import Cancelled
+    from ..site_calibration import iter_calibrate_on_controls
+
+    try:
+        calibration = yield from iter_calibrate_on_controls(
+            controls, should_stop=should_stop, **kwargs
+        )
+    except Cancelled:
+        return None
+    return calibration, calibration.save(out, overwrite=overwrite)
 
 
 class DetectWidget(QWidget):
@@ -377,6 +420,11 @@ class DetectWidget(QWidget):
         self.run_button = QPushButton("Run")
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setEnabled(False)
+        self.calibrate_button = QPushButton("Calibrate on healthy scans…")
+        self.calibrate_button.setToolTip(
+            "Set the threshold from your own healthy scans (3 or more, from this scanner, "
+            "prepared like your patients'): saves a copy of the model that carries it"
+        )
         self.progress_bar = QProgressBar()
         self.progress_bar.setFormat("%v / %m steps")
         self.progress_bar.setValue(0)
@@ -401,6 +449,7 @@ class DetectWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(form)
         layout.addLayout(buttons)
+        layout.addWidget(self.calibrate_button)
         layout.addWidget(self.progress_bar)
         layout.addWidget(self.status_label)
         layout.addStretch(1)
@@ -412,6 +461,7 @@ class DetectWidget(QWidget):
         self.model_combo.currentIndexChanged.connect(self._on_model_changed)
         self.run_button.clicked.connect(self.run)
         self.cancel_button.clicked.connect(self.cancel)
+        self.calibrate_button.clicked.connect(self.calibrate_dialog)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
         self.viewer.layers.events.reordered.connect(self._refresh_layers)
@@ -505,6 +555,7 @@ class DetectWidget(QWidget):
         info = self.model_combo.currentData(Qt.ItemDataRole.UserRole + 1)
         usable = info is not None
         self.run_button.setEnabled(usable and self.state is not State.RUNNING)
+        self.calibrate_button.setEnabled(usable and self.state is not State.RUNNING)
         if not usable:
             reason = self.method_reason(self.method_combo.currentData(Qt.ItemDataRole.UserRole))
             self.model_label.setText(reason or "no model installed for this method")
@@ -655,6 +706,7 @@ class DetectWidget(QWidget):
         worker.errored.connect(self._on_error)
         worker.aborted.connect(self._on_aborted)
         worker.finished.connect(self._on_finished)
+        worker.warned.connect(self._on_warning)
         self.worker = worker
         self._running_worker[:] = [worker]
         self._set_state(State.RUNNING, f"Running {suffix}…")
@@ -686,10 +738,125 @@ class DetectWidget(QWidget):
         self.worker.quit()
         self.status_label.setText("Cancelling…")
 
+    # ----------------------------------------------------------------- site calibration
+    def calibrate_dialog(self) -> None:
+        """Ask for healthy control scans and the new model's name, then :meth:`calibrate`."""
+        if self.state is State.RUNNING:
+            return
+        paths, _ = QFileDialog.getOpenFileNames(
+            self, "Healthy control scans from this scanner (3 or more)", "", CONTROL_FILTER
+        )
+        if not paths:
+            return
+        info = self.model_combo.currentData(Qt.ItemDataRole.UserRole + 1)
+        default = f"{info.name}-site" if info is not None else "site"
+        name, ok = QInputDialog.getText(
+            self, "Save the calibrated model", "Name of the new model:", text=default
+        )
+        if ok and name.strip():
+            self.calibrate(paths, name.strip())
+
+    def calibrate(self, paths, name: str, *, overwrite: bool | None = None) -> None:
+        """Calibrate the chosen method and model on healthy scans ``paths`` in a thread
+        worker (progress bar, Cancel) and save the result as the model ``name``
+        (:mod:`napari_uad.site_calibration`); it is then selected. An existing model ``name``
+        is replaced after asking (``overwrite`` None) or when ``overwrite`` is True."""
+        from napari.qt.threading import thread_worker
+
+        from ..site_calibration import find_controls, site_model_folder
+
+        if self.state is State.RUNNING:
+            return
+        try:
+            params = self.params()
+            if self.method_reason(params.method) is not None:
+                raise ValueError(f"{params.method}: {self.method_reason(params.method)}")
+            if not params.model:
+                raise ValueError(f"no model installed for {params.method}")
+            controls = find_controls(list(paths))
+            folder = site_model_folder(name)
+            if folder.exists() and overwrite is None:
+                answer = QMessageBox.question(
+                    self, "Replace model?", f"A model {folder.name!r} exists. Replace it?"
+                )
+                if answer != QMessageBox.StandardButton.Yes:
+                    return
+                overwrite = True
+            if folder.exists() and not overwrite:
+                raise ValueError(f"model {folder.name!r} exists: choose another name")
+            kwargs = calibration_kwargs(params)
+        except Exception as error:
+            show_error(f"Calibrate: {error_text(error)}")
+            return
+        self._cancel_requested = False
+        worker = thread_worker(calibration_job, start_thread=False, ignore_errors=True)(
+            controls,
+            kwargs,
+            str(folder),
+            overwrite=bool(overwrite),
+            should_stop=lambda: self._cancel_requested,
+        )
+        worker.yielded.connect(self._on_calibration_update)
+        worker.returned.connect(self._on_calibrated)
+        worker.errored.connect(self._on_calibration_error)
+        worker.aborted.connect(self._on_calibration_aborted)
+        worker.finished.connect(self._on_calibration_finished)
+        self.worker = worker
+        self._running_worker[:] = [worker]
+        self._set_state(State.RUNNING, f"Calibrating on {len(controls)} healthy scan(s)…")
+        self.progress_bar.setRange(0, 0)
+        worker.start()
+
+    def _on_calibration_update(self, update) -> None:
+        if self._cancel_requested:
+            return
+        where = f"control {update.control + 1} of {update.controls} ({update.name})"
+        if update.total:
+            self.progress_bar.setRange(0, update.total)
+            self.progress_bar.setValue(update.done)
+            self.status_label.setText(f"Calibrating on {where}: {update.done}/{update.total} steps")
+        else:
+            self.status_label.setText(f"Calibrating: reading {where}…")
+
+    def _on_calibrated(self, outcome) -> None:
+        if outcome is None:
+            self._on_calibration_aborted()
+            return
+        calibration, folder = outcome
+        self.refresh_models()
+        try:
+            self._select_model(str(folder))
+        except Exception as error:  # the model was saved; only selecting it failed
+            show_error(f"Calibrate: saved {folder}, but could not select it: {error_text(error)}")
+        old = calibration.old_threshold
+        old_text = "none" if old is None else f"{old:.4g}"
+        notes = f" Warning: {calibration.warnings[0]}" if calibration.warnings else ""
+        self._set_state(
+            State.DONE,
+            f"Calibrated on {len(calibration.controls)} healthy scan(s): threshold "
+            f"{calibration.threshold:.4g} (was {old_text}); saved and selected model "
+            f"{folder.name!r}.{notes}",
+        )
+
+    def _on_calibration_error(self, error) -> None:
+        show_error(f"Calibrate failed: {error_text(error)}")
+        self._set_state(State.FAILED, f"Calibration failed: {error_text(error)}")
+
+    def _on_calibration_aborted(self) -> None:
+        self._set_state(State.STOPPED, "Calibration cancelled: no model saved")
+
+    def _on_calibration_finished(self) -> None:
+        self._running_worker.clear()
+        self.worker = None
+        if self.state is State.RUNNING:
+            self._set_state(State.STOPPED, "Calibration stopped: no model saved")
+        self.progress_bar.setRange(0, max(self.progress_bar.maximum(), 1))
+
     def _set_state(self, state: State, message: str) -> None:
         self.state = state
         running = state is State.RUNNING
         self.run_button.setEnabled(not running and self.model_combo.currentData() is not None)
+        self.calibrate_button.setEnabled(self.run_button.isEnabled())
         self.cancel_button.setEnabled(running)
         self.status_label.setText(message)
 
@@ -758,10 +925,13 @@ class DetectWidget(QWidget):
             names = self.last_result_layers
             if names[1] in self.viewer.layers:
                 self.viewer.layers.selection.active = self.viewer.layers[names[1]]
+            # The scan's warnings (skull, contrast) also came as napari notifications from the
+            # worker; the status keeps them beside the result.
+            notes = "".join(f"\nWarning: {w}" for w in detection.provenance.get("warnings", []))
             self._set_state(
                 State.DONE,
                 f"Done in {seconds:.1f} s: {count} lesion(s) at threshold "
-                f"{detection.threshold:.3g}",
+                f"{detection.threshold:.3g}{notes}",
             )
             return
         step = self._result_steps.pop(0)
@@ -776,6 +946,13 @@ class DetectWidget(QWidget):
     def _fail_result(self, error) -> None:
         show_error(f"Detect: could not show the result: {error_text(error)}")
         self._set_state(State.FAILED, f"Failed: {error_text(error)}")
+
+    def _on_warning(self, showwarning_args: tuple) -> None:
+        """The run's warnings (skull, contrast, NaN voxels, ...) as napari notifications: the
+        worker catches them, and napari's own relay is not connected for generator workers."""
+        from napari.utils.notifications import show_warning
+
+        show_warning(f"Detect: {showwarning_args[0]}")
 
     def _on_error(self, error) -> None:
         show_error(f"Detect failed: {error_text(error)}")

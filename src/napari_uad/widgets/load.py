@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QLabel,
     QLineEdit,
+    QProgressBar,
     QPushButton,
     QRadioButton,
     QSpinBox,
@@ -76,6 +77,12 @@ def _show_error(message: str) -> None:
     from napari.utils.notifications import show_error
 
     show_error(message)
+
+
+def _notify(message: str) -> None:
+    from napari.utils.notifications import show_info
+
+    show_info(message)
 
 
 def _warn(notes) -> None:
@@ -240,6 +247,10 @@ class LoadScanWidget(QWidget):
     scan_edit, mask_edit, truth_edit : QLineEdit
         Paths; empty mask: estimate it; empty truth: none.
     load_button, estimate_button : QPushButton
+    prepare_button : QPushButton
+        Prepares the selected raw scan (:meth:`prepare`); cancels while it runs.
+    prepare_progress : QProgressBar
+        The preparation's steps, shown while it runs.
     scan_combo : QComboBox
         The loaded scan the info panel, the brain mask and the slice range refer to.
     info_label : QLabel
@@ -251,6 +262,8 @@ class LoadScanWidget(QWidget):
         Emitted with the added layers (by role) after a load.
     mask_estimated : Signal(Layer)
         Emitted with the scan layer once its estimated brain mask is in place.
+    prepare_step : Signal(int, str)
+        Emitted from the preparation's thread before each step (done, step name).
     failed : Signal(str)
         Emitted with the one-line message shown when loading or estimating fails.
     """
@@ -258,6 +271,7 @@ class LoadScanWidget(QWidget):
     loaded = Signal(object)
     mask_estimated = Signal(object)
     failed = Signal(str)
+    prepare_step = Signal(int, str)
 
     def __init__(self, napari_viewer, parent=None) -> None:
         super().__init__(parent)
@@ -308,6 +322,17 @@ class LoadScanWidget(QWidget):
             "Threshold, hole filling and largest component: for skull-stripped scans. "
             "Edit the result with the labels tools."
         )
+        self.prepare_button = QPushButton("Prepare raw scan…")
+        self.prepare_button.setToolTip(
+            "For scans with skull and neck: crop the neck, N4 bias correction and skull "
+            "stripping (BET), as 'napari-uad prepare --align none --resolution native'. Adds the "
+            "prepared brain as a new scan on the same voxels; run Detect on it."
+        )
+        self.prepare_progress = QProgressBar()
+        self.prepare_progress.setRange(0, 5)
+        self.prepare_progress.setVisible(False)
+        self._prepare_stop = False
+        self._preparing = False
         self.all_slices_radio = QRadioButton("All slices with brain")
         self.range_radio = QRadioButton("Slices")
         self.all_slices_radio.setChecked(True)
@@ -324,6 +349,8 @@ class LoadScanWidget(QWidget):
         )
         process = QVBoxLayout()
         process.addWidget(self.estimate_button)
+        process.addWidget(self.prepare_button)
+        process.addWidget(self.prepare_progress)
         process.addWidget(self.all_slices_radio)
         process.addWidget(range_row)
         process.addWidget(self.range_label)
@@ -343,6 +370,8 @@ class LoadScanWidget(QWidget):
         self.load_button.clicked.connect(self.load)
         self.scan_edit.returnPressed.connect(self.load)
         self.estimate_button.clicked.connect(self.estimate_brain_mask)
+        self.prepare_button.clicked.connect(self._prepare_clicked)
+        self.prepare_step.connect(self._prepare_step_shown)
         self.scan_combo.currentIndexChanged.connect(self._show_selected)
         self.all_slices_radio.toggled.connect(self._range_changed)
         self.first_spin.valueChanged.connect(self._range_changed)
@@ -597,6 +626,74 @@ class LoadScanWidget(QWidget):
         self.worker = worker
         worker.start()
         return worker
+
+    def _prepare_step_shown(self, done: int, name: str) -> None:
+        self.prepare_progress.setValue(done)
+        self.prepare_progress.setFormat(f"{name} (%v/%m)")
+
+    def _prepare_clicked(self) -> None:
+        if self._preparing:
+            self._prepare_stop = True
+            self.prepare_button.setText("Cancelling…")
+            return
+        self.prepare()
+
+    def prepare(self, options=None):
+        """Prepare the selected scan in a worker (see :func:`napari_uad.prepare.prepare_scan`)
+        and add the prepared brain as a new scan; the button cancels while it runs.
+
+        Returns the worker (started), or None when no scan is loaded.
+        """
+        from napari.qt.threading import thread_worker
+
+        from ..prepare.case import prepared_case
+
+        layer = self.selected_scan_layer()
+        if layer is None:
+            _show_error("Load a scan first")
+            return None
+        scan = _scan_of(layer)
+        self._prepare_stop = False
+        worker = thread_worker(prepared_case, start_thread=False, ignore_errors=True)(
+            scan,
+            options,
+            progress=lambda done, total, name: self.prepare_step.emit(done, name),
+            should_stop=lambda: self._prepare_stop,
+        )
+        worker.returned.connect(self._show_prepared)
+        worker.errored.connect(self._prepare_failed)
+        worker.finished.connect(self._prepare_idle)
+        self._preparing = True
+        self.prepare_button.setText("Cancel preparing")
+        self.prepare_progress.setValue(0)
+        self.prepare_progress.setVisible(True)
+        self.worker = worker
+        worker.start()
+        return worker
+
+    def _show_prepared(self, result) -> None:
+        case, prepared = result
+        if case is None:
+            return
+        self._show_case(case, name=case.info.name)
+        seconds = sum(step.get("seconds", 0.0) for step in prepared.steps)
+        _notify(
+            f"Prepared {case.info.name}: brain {case.info.brain_volume_ml:.0f} mL in "
+            f"{seconds:.0f} s. Run Detect on it."
+        )
+
+    def _prepare_failed(self, error: BaseException) -> None:
+        from ..methods.base import Cancelled
+
+        if isinstance(error, Cancelled):
+            return
+        self._failed(error)
+
+    def _prepare_idle(self) -> None:
+        self._preparing = False
+        self.prepare_progress.setVisible(False)
+        self.prepare_button.setText("Prepare raw scan…")
+        self.prepare_button.setEnabled(True)
 
     def _set_mask(self, layer, scan, mask, notes) -> None:
         from .._napari import scan_layer
