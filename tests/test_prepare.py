@@ -324,3 +324,14 @@ def test_the_napari_case_is_cut_out_of_the_raw_voxels(head):
     assert np.all(case.scan.data[~brain] == 0)
     assert case.info.name == "raw_prepared" and case.scan.source.name == "raw_prepared.nii.gz"
     assert _dice(brain, head.brain_mask) >= 0.9
+
+
+def test_affine_alignment_undoes_a_scaling(template_head):
+    head = template_head
+    scaled = np.diag([1.1, 1.1, 1.1, 1.0]) @ head.affine  # a 10 % larger head in the world
+    options = PrepareOptions(resolution=2.0, align="affine", bias_correction=False)
+    prepared = prepare_scan(Scan(head.image, scaled), options)
+    scale = prepared.steps[3]["scale"]
+    assert all(abs(s - 1.1) < 0.03 for s in scale)  # template -> scan stretches by 1.1
+    # the prepared brain is template-sized again, and maps back onto the scaled scan
+    assert _dice(prepared.brain_mask_input, head.brain_mask) >= 0.90
