@@ -373,3 +373,17 @@ def test_detect_widget_shows_the_scan_warnings(
     assert "Warning: this scan looks like it still has skull" in widget.status_label.text()
     shown = [str(n.message) for n in notification_manager.records[before:]]
     assert sum("still has skull" in m for m in shown) == 1, shown
+
+
+def test_new_models_record_the_slice_rule_training_used():
+    import inspect
+
+    from napari_uad.checks import TRAINED_MIN_BRAIN_FRACTION, trained_brain_fraction
+    from napari_uad.models.config import ModelConfig
+    from napari_uad.training.dataset import load_healthy_folder
+
+    config = ModelConfig(name="new")
+    assert config.preprocessing["min_brain_fraction"] == TRAINED_MIN_BRAIN_FRACTION
+    default = inspect.signature(load_healthy_folder).parameters["min_brain_fraction"].default
+    assert default == TRAINED_MIN_BRAIN_FRACTION
+    assert trained_brain_fraction(config.preprocessing) == TRAINED_MIN_BRAIN_FRACTION

@@ -92,8 +92,14 @@ class ModelConfig:
     grid: int = 128
     unet: UNetConfig = field(default_factory=UNetConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    # min_brain_fraction: the slice rule of training (napari_uad.checks.TRAINED_MIN_BRAIN_FRACTION),
+    # which detection applies too; a literal here keeps the config free of scipy imports.
     preprocessing: dict = field(
-        default_factory=lambda: {"lower_percentile": 1.0, "upper_percentile": 99.0}
+        default_factory=lambda: {
+            "lower_percentile": 1.0,
+            "upper_percentile": 99.0,
+            "min_brain_fraction": 0.35,
+        }
     )
     defaults: dict = field(default_factory=dict)
     calibration: dict = field(default_factory=dict)

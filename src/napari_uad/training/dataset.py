@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checks import LABEL_MAX_VALUES, is_piecewise_constant
+from ..checks import LABEL_MAX_VALUES, TRAINED_MIN_BRAIN_FRACTION, is_piecewise_constant
 from ..io import InputError, nifti_stem, read_mask, read_scan
 from ..io.atomic import atomic_write
 from ..preprocess import prepare_volume
@@ -159,7 +159,7 @@ def load_healthy_folder(
     folder,
     *,
     grid: int = 128,
-    min_brain_fraction: float = 0.35,
+    min_brain_fraction: float = TRAINED_MIN_BRAIN_FRACTION,
     lower_percentile: float = 1.0,
     upper_percentile: float = 99.0,
     cache_dir=None,
