@@ -230,7 +230,7 @@ def test_damaged_files_give_input_error_or_a_clean_scan(compressed, edits, cut, 
 def test_model_names_stay_in_the_models_folders(name, tmp_path, monkeypatch):
     """A model name (no path separator) resolves inside a models folder or is refused."""
     assume("/" not in name and os.sep not in name and "\x00" not in name)
-    assume(not (tmp_path / name).is_dir())  # "." and "..": existing folders are paths
+    assume(name not in (".", ".."))  # "." and ".." are paths
     monkeypatch.setenv("NAPARI_UAD_MODELS", str(tmp_path / "models"))
     monkeypatch.chdir(tmp_path)
     try:

@@ -177,7 +177,7 @@ def test_model_names_cannot_leave_the_models_folders(tmp_path, monkeypatch, chec
     for name in ["...", ".hidden", "..\\victim", "%2e%2e", "~", "~root", "a b", "mine\x00"]:
         with pytest.raises(CheckpointError, match="invalid model name"):
             resolve_model(name)
-    # "." and ".." are existing folders, so they are paths (relative to the working folder).
+    # "." and ".." are paths (relative to the working folder).
     assert resolve_model(".") == Path(".")
     # Explicit paths (with a separator) are allowed, that is the NAME|PATH contract.
     assert resolve_model(str(checkpoint)) == checkpoint
@@ -185,6 +185,21 @@ def test_model_names_cannot_leave_the_models_folders(tmp_path, monkeypatch, chec
     with pytest.raises(CheckpointError, match="does not exist"):
         resolve_model(str(models / ".." / "absent"))
     assert all(p.is_absolute() for p in model_search_path())
+
+
+def test_a_folder_here_named_like_a_model_is_not_that_model(tmp_path, monkeypatch, checkpoint):
+    """`restore --out disyre` then `--method disyre`: the output folder is not the model."""
+    from napari_uad.models.registry import default_model_name
+
+    monkeypatch.setenv("NAPARI_UAD_MODELS", str(tmp_path / "models"))
+    monkeypatch.chdir(tmp_path)
+    shipped = default_model_name("disyre")
+    save_checkpoint(tmp_path / shipped, *load_checkpoint(checkpoint))  # a folder here, same name
+    assert resolve_model(shipped).resolve() != (tmp_path / shipped).resolve()
+    assert resolve_model(f"./{shipped}").resolve() == (tmp_path / shipped).resolve()
+    save_checkpoint(tmp_path / "only-here", *load_checkpoint(checkpoint))
+    with pytest.raises(CheckpointError, match=r"give it as a path: \./only-here"):
+        resolve_model("only-here")
 
 
 def test_a_bad_user_model_does_not_hide_the_others(tmp_path, monkeypatch, checkpoint, capsys):

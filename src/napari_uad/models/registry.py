@@ -52,8 +52,11 @@ class ModelInfo:
 def resolve_model(name_or_path) -> Path:
     """The checkpoint folder for a model name or path.
 
-    A value containing a path separator or pointing to an existing folder is a path; anything
-    else is a name looked up in :func:`model_search_path`. Names cannot leave those folders.
+    A value containing a path separator (``./my-model``, ``~/models/x``), or ``.`` or ``..``, is
+    a path; anything
+    else is a name looked up in :func:`model_search_path` only, so a folder in the working
+    directory that happens to be named like a model (an output folder ``disyre/``) is never
+    taken for it. Names cannot leave those folders.
 
     Raises
     ------
@@ -61,14 +64,14 @@ def resolve_model(name_or_path) -> Path:
         When nothing is found, with the names that exist.
     """
     value = str(name_or_path)
-    is_path = os.sep in value or "/" in value
+    is_path = os.sep in value or "/" in value or value in (".", "..")
     candidate = Path(value).expanduser() if is_path else Path(value)
     if candidate.suffix.lower() in _PICKLE_SUFFIXES:
         raise CheckpointError(
             f"{candidate.name}: pickle checkpoints are not loaded (they can run code); "
             "use a folder with config.json and model.safetensors"
         )
-    if is_path or candidate.is_dir():
+    if is_path:
         if not candidate.exists():
             raise CheckpointError(f"model path {candidate} does not exist")
         if candidate.is_dir() and not (candidate / CONFIG_NAME).is_file():
@@ -81,7 +84,10 @@ def resolve_model(name_or_path) -> Path:
         if (path / CONFIG_NAME).is_file() and (path / WEIGHTS_NAME).is_file():
             return path
     names = ", ".join(info.name for info in list_models()) or "none installed"
-    raise CheckpointError(f"no model named {value!r} (available: {names})")
+    here = ""
+    if (Path(value) / CONFIG_NAME).is_file():
+        here = f"; for the model folder {value!r} here, give it as a path: ./{value}"
+    raise CheckpointError(f"no model named {value!r} (available: {names}){here}")
 
 
 def model_output_folder(name_or_path) -> Path:
