@@ -218,7 +218,7 @@ def load_case(
         format=_format_name(Path(scan)),
         shape=tuple(int(s) for s in image.shape),
         voxel_size=tuple(float(v) for v in image.spacing),
-        orientation="".join(_axis_codes(image.affine)),
+        orientation="".join(axis_codes(image.affine)),
         intensity_range=(float(image.data.min()), float(image.data.max())),
         dtype=str(image.header.get_data_dtype()) if image.header is not None else "float32",
         brain_mask=mask_source,
@@ -250,7 +250,8 @@ def _read_labels(path, *, like: Scan) -> np.ndarray:
     return values
 
 
-def _axis_codes(affine) -> tuple[str, ...]:
+def axis_codes(affine) -> tuple[str, ...]:
+    """The axis codes of an affine's voxel axes, e.g. ``("L", "A", "S")`` (``?`` if oblique)."""
     import nibabel as nib
 
     return tuple(c or "?" for c in nib.aff2axcodes(affine))

@@ -36,7 +36,7 @@ from .methods.base import (
     is_out_of_memory,
     run_to_completion,
 )
-from .postprocess import binarise, erode_mask, lesion_table
+from .postprocess import binarise, erode_mask, lesion_summary, lesion_table
 from .preprocess import PreparedVolume, from_canonical, prepare_volume, to_canonical
 
 
@@ -333,10 +333,7 @@ def iter_detect(
         "min_brain_fraction": fraction,
         "warnings": scan_notes,
         "timings": {k: round(v, 4) for k, v in timings.items()},
-        "lesions": {
-            "count": len(lesions),
-            "total_volume_ml": round(float(sum(les.volume_ml for les in lesions)), 4),
-        },
+        "lesions": lesion_summary(lesions),
     }
     return Detection(
         healthy=healthy.astype(np.float32),

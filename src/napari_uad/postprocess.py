@@ -316,6 +316,14 @@ def lesion_table(lesion_mask, anomaly, *, spacing, labels=None) -> list[Lesion]:
     ]
 
 
+def lesion_summary(lesions) -> dict:
+    """The provenance's ``lesions`` entry: ``{"count", "total_volume_ml"}`` of a lesion table."""
+    return {
+        "count": len(lesions),
+        "total_volume_ml": round(float(sum(les.volume_ml for les in lesions)), 4),
+    }
+
+
 def threshold_lesions(anomaly, threshold, *, spacing, min_size=0):
     """Threshold an anomaly map into labelled lesions and their table, with one labelling.
 

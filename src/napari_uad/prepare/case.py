@@ -40,7 +40,7 @@ def prepared_case(
     case : LoadedCase
     prepared : PreparedScan
     """
-    from ..cases import LoadedCase, ScanInfo, scan_stem
+    from ..cases import LoadedCase, ScanInfo, axis_codes, scan_stem
     from ..preprocess import slices_with_brain, to_canonical
 
     prepared: PreparedScan = prepare_scan(
@@ -57,7 +57,7 @@ def prepared_case(
         format="prepared",
         shape=tuple(int(s) for s in scan.shape),
         voxel_size=tuple(float(v) for v in scan.spacing),
-        orientation="".join(c or "?" for c in _axcodes(scan.affine)),
+        orientation="".join(axis_codes(scan.affine)),
         intensity_range=(float(data.min()), float(data.max())),
         dtype="float32",
         brain_mask=f"prepare ({prepared.options.skull_strip})",
@@ -72,9 +72,3 @@ def prepared_case(
         brain_slices=slices_with_brain(to_canonical(brain, scan.affine)[0]),
     )
     return case, prepared
-
-
-def _axcodes(affine):
-    import nibabel as nib
-
-    return nib.aff2axcodes(affine)

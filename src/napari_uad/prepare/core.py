@@ -23,15 +23,16 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from nibabel.orientations import ornt2axcodes
 from scipy import ndimage as ndi
 
 from ..io.errors import InputError
 from ..io.scan import Scan
-from ..preprocess import canonical_affine
+from ..preprocess import canonical_affine, to_canonical
 from .align import ALIGNMENTS, align_to_template
 from .bet import bet_mask
 from .bias import n4_correct
-from .fov import head_box, head_mask, largest_component
+from .fov import head_box, head_mask, largest_component, mask_box
 from .resample import box_corners, box_grid, grid_spacing, resample
 from .strip import SKULL_STRIPPERS, external_brain_mask
 
@@ -257,10 +258,7 @@ def prepare_scan(
     steps = _Steps(progress, should_stop, total=5)
 
     steps.start("reorient and crop")
-    from nibabel import orientations as nio
-
-    orientation = nio.io_orientation(scan.affine)
-    data_ras = np.ascontiguousarray(nio.apply_orientation(data, orientation))
+    data_ras, orientation = to_canonical(data, scan.affine)
     affine_ras = canonical_affine(scan.affine, data.shape)
     spacing_ras = grid_spacing(affine_ras)
     head = head_mask(data_ras)
@@ -282,7 +280,7 @@ def prepare_scan(
         work_head = resample(head.astype(np.float32), affine_ras, shape, work_affine) >= 0.5
     work_spacing = grid_spacing(work_affine)
     steps.finish(
-        orientation="".join(nio.ornt2axcodes(orientation)),
+        orientation="".join(ornt2axcodes(orientation)),
         box=[list(b) for b in box],
         cropped=bool(options.crop),
         resolution_mm=[round(float(s), 4) for s in work_spacing],
@@ -317,7 +315,7 @@ def prepare_scan(
         steps.skip("alignment", "not asked")
 
     steps.start("resample the brain")
-    corners = _mask_corners(brain, work_affine)
+    corners = box_corners(brain.shape, work_affine, mask_box(brain))
     corners = (np.linalg.inv(to_source) @ np.c_[corners, np.ones(len(corners))].T).T[:, :3]
     out_resolution = resolution if options.align != "none" else work_spacing
     if np.ndim(out_resolution) == 0:
@@ -377,27 +375,12 @@ def _clean_mask(mask: np.ndarray) -> np.ndarray:
     return ndi.binary_fill_holes(mask)
 
 
-def _mask_corners(mask: np.ndarray, affine: np.ndarray) -> np.ndarray:
-    box = []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        present = np.flatnonzero(mask.any(axis=other))
-        box.append((int(present[0]), int(present[-1])))
-    return box_corners(mask.shape, affine, box)
-
-
 def _crop_to_mask(image, mask, affine, margin_mm):
-    spacing = grid_spacing(affine)
-    starts, stops = [], []
-    for axis in range(3):
-        other = tuple(a for a in range(3) if a != axis)
-        present = np.flatnonzero(mask.any(axis=other))
-        pad = int(np.ceil(margin_mm / spacing[axis]))
-        starts.append(max(0, present[0] - pad))
-        stops.append(min(mask.shape[axis], present[-1] + pad + 1))
-    region = tuple(slice(a, b) for a, b in zip(starts, stops, strict=True))
+    box = mask_box(mask, grid_spacing(affine), margin_mm=margin_mm)
+    region = tuple(slice(first, last + 1) for first, last in box)
     cropped = affine.copy()
-    cropped[:3, 3] = affine[:3, :3] @ np.array(starts, dtype=np.float64) + affine[:3, 3]
+    starts = np.array([first for first, _ in box], dtype=np.float64)
+    cropped[:3, 3] = affine[:3, :3] @ starts + affine[:3, 3]
     return image[region].copy(), mask[region].copy(), cropped
 
 

@@ -46,7 +46,7 @@ def iter_detect_prepared(
         On the input's grid, with ``provenance["prepare"]`` recording the preparation.
     """
     from ..pipeline import iter_detect
-    from ..postprocess import binarise, lesion_table
+    from ..postprocess import binarise, lesion_summary, lesion_table
 
     if prepared is None:
         prepared = prepare_scan(scan, options, should_stop=should_stop)
@@ -68,10 +68,7 @@ def iter_detect_prepared(
     provenance = dict(result.provenance)
     provenance["prepare"] = prepared.provenance()
     provenance["parameters"] = {**provenance.get("parameters", {}), "brain_mask": "prepare"}
-    provenance["lesions"] = {
-        "count": len(lesions),
-        "total_volume_ml": round(float(sum(les.volume_ml for les in lesions)), 4),
-    }
+    provenance["lesions"] = lesion_summary(lesions)
     return replace(
         result,
         healthy=healthy.astype(np.float32),

@@ -77,15 +77,27 @@ def head_box(
     tuple of three (start, stop) pairs
         Inclusive index ranges along each axis.
     """
-    spacing = np.asarray(spacing, dtype=np.float64)
+    box = list(mask_box(mask, spacing, margin_mm=margin_mm))
+    top = np.flatnonzero(mask.any(axis=(0, 1)))[-1]
+    start, stop = box[2]
+    box[2] = (max(start, int(top - np.ceil(height_mm / float(spacing[2])))), stop)
+    return tuple(box)
+
+
+def mask_box(mask: np.ndarray, spacing=(1.0, 1.0, 1.0), *, margin_mm: float = 0.0):
+    """The voxel box of a mask's voxels, widened by `margin_mm` and kept inside the grid.
+
+    Returns
+    -------
+    tuple of three (first, last) pairs
+        Inclusive index ranges along each axis.
+    """
     box = []
     for axis in range(3):
         other = tuple(a for a in range(3) if a != axis)
         present = np.flatnonzero(mask.any(axis=other))
-        pad = int(np.ceil(margin_mm / spacing[axis]))
-        start = max(0, present[0] - pad)
-        stop = min(mask.shape[axis] - 1, present[-1] + pad)
-        if axis == 2:
-            start = max(start, present[-1] - int(np.ceil(height_mm / spacing[2])))
-        box.append((int(start), int(stop)))
+        pad = int(np.ceil(margin_mm / float(spacing[axis])))
+        box.append(
+            (int(max(0, present[0] - pad)), int(min(mask.shape[axis] - 1, present[-1] + pad)))
+        )
     return tuple(box)
