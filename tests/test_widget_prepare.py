@@ -44,7 +44,7 @@ def test_prepare_adds_the_prepared_brain_over_the_raw_scan(qtbot, widget, head_f
     path, head = head_file
     _load(qtbot, widget, path)
     steps = []
-    widget.prepare_step.connect(lambda done, name: steps.append(name))
+    widget.prepare_step.connect(lambda done, total, name: steps.append(name))
     with qtbot.waitSignal(widget.loaded, timeout=120_000) as blocker:
         widget.prepare(FAST)
         assert widget.prepare_button.text() == "Cancel preparing"

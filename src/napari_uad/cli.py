@@ -313,11 +313,10 @@ def _prepare(args) -> int:
             record["napari_uad_version"] = __version__
             atomic_write_text(claim.stage("provenance"), json.dumps(record, indent=2) + "\n")
             claim.commit()
-            seconds = sum(step.get("seconds", 0.0) for step in prepared.steps)
             print(
-                f"{stem}: brain {record['brain_volume_ml']:.0f} mL, {prepared.scan.shape[0]} x "
-                f"{prepared.scan.shape[1]} x {prepared.scan.shape[2]} voxels; {seconds:.1f} s "
-                f"-> {args.out}"
+                f"{stem}: brain {record['brain_volume_ml']:.0f} mL, "
+                f"{' x '.join(str(n) for n in prepared.scan.shape)} voxels; "
+                f"{prepared.seconds:.1f} s -> {args.out}"
             )
     return 0
 
@@ -335,10 +334,10 @@ def _prepare_with_bar(scan, options, stem: str):
     from tqdm.auto import tqdm
 
     from .prepare import prepare_scan
-    from .prepare.core import check_preparable
+    from .prepare.core import STEP_COUNT, check_preparable
 
     check_preparable(scan)
-    with tqdm(total=5, desc=f"{stem} (prepare)", unit="step") as bar:
+    with tqdm(total=STEP_COUNT, desc=f"{stem} (prepare)", unit="step") as bar:
 
         def progress(done, total, name):
             bar.set_postfix_str(name)

@@ -43,6 +43,8 @@ BET_RESOLUTION_MM = 2.0
 #: high under 5-10 mm of scalp and skull, so this centre lies inside the brain whatever neck
 #: is left below (the whole field of view's centre sinks towards the skull base).
 BET_CENTRE_TOP_MM = 110.0
+#: Steps reported to ``progress``: crop, N4, skull stripping, alignment, the brain's grid.
+STEP_COUNT = 5
 #: Scans that cover less than this (mm) along an axis are slabs, not heads.
 MIN_EXTENT_MM = 60.0
 
@@ -163,6 +165,11 @@ class PreparedScan:
         """The brain mask on the input's grid (bool)."""
         return self.to_input(self.brain_mask)
 
+    @property
+    def seconds(self) -> float:
+        """Time the preparation took, all steps together."""
+        return float(sum(step.get("seconds", 0.0) for step in self.steps))
+
     def provenance(self) -> dict[str, Any]:
         """The record written in the JSON provenance."""
         return {
@@ -255,7 +262,7 @@ def prepare_scan(
     check_preparable(scan)
     data = np.asarray(scan.data)
     data = np.where(np.isfinite(data), data, 0).astype(np.float32, copy=False)
-    steps = _Steps(progress, should_stop, total=5)
+    steps = _Steps(progress, should_stop, total=STEP_COUNT)
 
     steps.start("reorient and crop")
     data_ras, orientation = to_canonical(data, scan.affine)

@@ -262,8 +262,8 @@ class LoadScanWidget(QWidget):
         Emitted with the added layers (by role) after a load.
     mask_estimated : Signal(Layer)
         Emitted with the scan layer once its estimated brain mask is in place.
-    prepare_step : Signal(int, str)
-        Emitted from the preparation's thread before each step (done, step name).
+    prepare_step : Signal(int, int, str)
+        Emitted from the preparation's thread before each step (done, total, step name).
     failed : Signal(str)
         Emitted with the one-line message shown when loading or estimating fails.
     """
@@ -271,7 +271,7 @@ class LoadScanWidget(QWidget):
     loaded = Signal(object)
     mask_estimated = Signal(object)
     failed = Signal(str)
-    prepare_step = Signal(int, str)
+    prepare_step = Signal(int, int, str)
 
     def __init__(self, napari_viewer, parent=None) -> None:
         super().__init__(parent)
@@ -329,7 +329,6 @@ class LoadScanWidget(QWidget):
             "prepared brain as a new scan on the same voxels; run Detect on it."
         )
         self.prepare_progress = QProgressBar()
-        self.prepare_progress.setRange(0, 5)
         self.prepare_progress.setVisible(False)
         self._prepare_stop = False
         self._preparing = False
@@ -627,7 +626,8 @@ class LoadScanWidget(QWidget):
         worker.start()
         return worker
 
-    def _prepare_step_shown(self, done: int, name: str) -> None:
+    def _prepare_step_shown(self, done: int, total: int, name: str) -> None:
+        self.prepare_progress.setRange(0, total)
         self.prepare_progress.setValue(done)
         self.prepare_progress.setFormat(f"{name} (%v/%m)")
 
@@ -657,7 +657,7 @@ class LoadScanWidget(QWidget):
         worker = thread_worker(prepared_case, start_thread=False, ignore_errors=True)(
             scan,
             options,
-            progress=lambda done, total, name: self.prepare_step.emit(done, name),
+            progress=self.prepare_step.emit,
             should_stop=lambda: self._prepare_stop,
         )
         worker.returned.connect(self._show_prepared)
@@ -673,13 +673,10 @@ class LoadScanWidget(QWidget):
 
     def _show_prepared(self, result) -> None:
         case, prepared = result
-        if case is None:
-            return
         self._show_case(case, name=case.info.name)
-        seconds = sum(step.get("seconds", 0.0) for step in prepared.steps)
         _notify(
             f"Prepared {case.info.name}: brain {case.info.brain_volume_ml:.0f} mL in "
-            f"{seconds:.0f} s. Run Detect on it."
+            f"{prepared.seconds:.0f} s. Run Detect on it."
         )
 
     def _prepare_failed(self, error: BaseException) -> None:
@@ -693,7 +690,6 @@ class LoadScanWidget(QWidget):
         self._preparing = False
         self.prepare_progress.setVisible(False)
         self.prepare_button.setText("Prepare raw scan…")
-        self.prepare_button.setEnabled(True)
 
     def _set_mask(self, layer, scan, mask, notes) -> None:
         from .._napari import scan_layer
