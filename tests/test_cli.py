@@ -59,10 +59,13 @@ def test_restore_writes_four_files_on_the_input_grid(
     assert record["napari_uad_version"]
     assert "lesion(s)" in capsys.readouterr().out
     assert sorted(p.name for p in out.iterdir()) == [
+        "napari-uad_log.tsv",
+        "napari-uad_summary.tsv",
         "scan.json",
         "scan_anomaly.nii.gz",
         "scan_brain_mask.nii.gz",
         "scan_healthy.nii.gz",
+        "scan_lesions.tsv",
         "scan_mask.nii.gz",
     ]
     # the brain that was scored is written beside the maps: here the given mask

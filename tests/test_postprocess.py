@@ -146,6 +146,7 @@ def test_lesions_to_csv(tmp_path):
         "label",
         "n_voxels",
         "volume_ml",
+        "volume_mm3",
         "mean_score",
         "max_score",
         "centroid_i",
@@ -153,6 +154,7 @@ def test_lesions_to_csv(tmp_path):
         "centroid_k",
     ]
     assert rows[0]["label"] == "1" and rows[0]["n_voxels"] == "8"
+    assert float(rows[0]["volume_mm3"]) == pytest.approx(16.0)
     assert float(rows[0]["volume_ml"]) == pytest.approx(0.016)
     assert float(rows[1]["centroid_k"]) == pytest.approx(3.0)
     assert os.listdir(tmp_path) == ["lesions.csv"]

@@ -208,7 +208,7 @@ def _stems_on_disk(out, stems):
     for stem in stems:
         mine = {n for n in names if n.startswith(f"{stem}_") or n == f"{stem}.json"}
         maps = ("_healthy.nii.gz", "_anomaly.nii.gz", "_mask.nii.gz", "_brain_mask.nii.gz")
-        maps += ("_uncertainty.nii.gz",)
+        maps += ("_uncertainty.nii.gz", "_lesions.tsv")
         full = {f"{stem}{suffix}" for suffix in maps}  # --samples > 1: with uncertainty
         full.add(f"{stem}.json")
         state[stem] = "complete" if mine == full else ("absent" if not mine else sorted(mine))

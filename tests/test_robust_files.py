@@ -21,12 +21,16 @@ from napari_uad.io import atomic as atomic_module
 from napari_uad.phantoms import make_brain
 
 OUTPUT_NAMES = [
+    "napari-uad_log.tsv",
+    "napari-uad_summary.tsv",
     "scan.json",
     "scan_anomaly.nii.gz",
     "scan_brain_mask.nii.gz",
     "scan_healthy.nii.gz",
+    "scan_lesions.tsv",
     "scan_mask.nii.gz",
 ]
+RUN_RECORDS = ("napari-uad_log.tsv", "napari-uad_summary.tsv")
 
 
 @pytest.fixture
@@ -263,7 +267,7 @@ def test_figure_and_csv_exports_are_atomic(tmp_path, monkeypatch):
     import csv
 
     class FullDisk:
-        def __init__(self, handle):
+        def __init__(self, handle, **options):
             self.handle = handle
 
         def writerow(self, row):
@@ -284,7 +288,11 @@ def test_failed_overwrite_leaves_no_mix_of_old_and_new_outputs(
 ):
     out = tmp_path / "out"
     assert _restore([scan_file], tiny_model_dir, out) == 0
-    before = {path.name: path.read_bytes() for path in out.iterdir()}
+
+    def outputs():
+        return {p.name: p.read_bytes() for p in out.iterdir() if p.name not in RUN_RECORDS}
+
+    before = outputs()
     real_save = nib.save
     calls = []
 
@@ -299,8 +307,10 @@ def test_failed_overwrite_leaves_no_mix_of_old_and_new_outputs(
     assert "No space left" in _error_line(capsys)
     # The new outputs are written beside the old ones and renamed into place only once all are
     # written: a failure leaves the old set whole (no new healthy image beside an old anomaly
-    # map), and no temporary or lock file.
-    assert {path.name: path.read_bytes() for path in out.iterdir()} == before
+    # map), and no temporary or lock file. The summary records the failure.
+    assert outputs() == before
+    summary = (out / "napari-uad_summary.tsv").read_text()
+    assert "\terror\t" in summary and "No space left" in summary
 
 
 # --------------------------------------------------------------------------------------------

@@ -41,6 +41,8 @@ def wait_shown(qtbot, browser, action):
 
 def add_results(viewer, browser, seed):
     """Stand-in for the Detect widget: a heatmap and a lesion mask on the case's scan grid."""
+    from napari_uad.widgets._common import placement_of
+
     scan = next(la for la in viewer.layers if la.metadata["napari_uad"].get("role") == "scan")
     info = scan.metadata["napari_uad"]
     meta = {k: info[k] for k in ("affine", "header", "source", "shape")}
@@ -48,16 +50,16 @@ def add_results(viewer, browser, seed):
     viewer.add_image(
         heat,
         name="anomaly map",
-        scale=scan.scale,
         colormap="hot",
         blending="additive",
         metadata={"napari_uad": {**meta, "role": "anomaly", "threshold": 0.5 + seed / 10}},
+        **placement_of(scan),
     )
     viewer.add_labels(
         (heat > 0.9).astype(np.uint8),
         name="lesion mask",
-        scale=scan.scale,
         metadata={"napari_uad": {**meta, "role": "lesion mask"}},
+        **placement_of(scan),
     )
     return heat
 
@@ -133,6 +135,19 @@ def test_review_survives_closing_and_reopening(qtbot, make_napari_viewer, cohort
     assert viewer2.layers["anomaly map"].metadata["napari_uad"]["threshold"] == pytest.approx(0.8)
     assert viewer2.layers["anomaly map"].colormap.name == "hot"
     assert viewer2.layers["lesion mask"].data.max() == 1
+    # Results read back from disk are placed like their scan (scanner mm), and the browser
+    # shows the case in the radiological view.
+    from napari_uad.display import is_radiological_view
+
+    scan = viewer2.layers["sub-0"]
+    assert not np.allclose(scan.affine.affine_matrix, np.eye(4))  # the LAS file's flips
+    for name in ("anomaly map", "lesion mask", "sub-0 truth", "sub-0 brain mask"):
+        if name in viewer2.layers:
+            for index in [(0, 0, 0), (5, 55, 47)]:
+                np.testing.assert_allclose(
+                    viewer2.layers[name].data_to_world(index), scan.data_to_world(index)
+                )
+    assert is_radiological_view(viewer2)
 
 
 def test_bad_case_notifies_and_browsing_goes_on(qtbot, make_napari_viewer, cohort, monkeypatch):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import shutil
 
+import numpy as np
 import pytest
 
 from napari_uad.widgets.compare import CompareWidget
@@ -49,6 +50,8 @@ def test_compare_three_methods_on_the_current_slice(
         layer = viewer.layers[name]
         assert layer.data.shape == scan.data.shape
         assert layer.data[13].max() > 0 and layer.data[5].max() == 0  # only the current slice
+        for index in [(0, 0, 0), (23, 188, 152), (13, 40, 77)]:  # placed like the scan
+            np.testing.assert_allclose(layer.data_to_world(index), scan.data_to_world(index))
     assert widget.table.rowCount() == 3
     aurocs = [float(widget.table.item(r, 1).text()) for r in range(3)]
     assert all(0 < value <= 1 for value in aurocs)

@@ -130,9 +130,13 @@ def test_full_run_adds_three_aligned_layers(viewer_with_sample, models_dir, qtbo
     ]
     assert previews == [PREVIEW_LAYER] and PREVIEW_LAYER not in viewer.layers
     healthy, anomaly, mask = (viewer.layers[name] for name in names)
+    corners = np.array(np.meshgrid(*[(0, n - 1) for n in scan.data.shape])).reshape(3, -1).T
     for layer in (healthy, anomaly, mask):
         assert layer.data.shape == scan.data.shape
         np.testing.assert_allclose(layer.scale, scan.scale)
+        # Placed like the scan in the scanner's world (mm), voxel for voxel.
+        for index in [*corners, (12, 40, 77)]:
+            np.testing.assert_allclose(layer.data_to_world(index), scan.data_to_world(index))
         np.testing.assert_allclose(
             layer.metadata["napari_uad"]["affine"], scan.metadata["napari_uad"]["affine"]
         )

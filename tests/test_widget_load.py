@@ -58,6 +58,33 @@ def test_las_scan_with_masks_gives_aligned_layers(qtbot, widget, phantom_scan_fi
     assert scan.metadata["napari_uad"]["slice_range"] == (0, 6)
 
 
+def test_load_places_layers_in_scanner_mm_shown_radiological(qtbot, widget, phantom_scan_files):
+    from napari_uad.display import camera, is_radiological_view
+
+    files = phantom_scan_files
+    layers = load(qtbot, widget, files["scan"], files["mask"], files["truth"])
+    viewer = widget.viewer
+    # Radiological view: anterior (+y) up, the patient's right (+x) on the screen's left.
+    assert tuple(camera(viewer).orientation2d) == ("up", "left")
+    assert is_radiological_view(viewer)
+    assert tuple(camera(viewer).orientation) == ("away", "up", "left")  # 3-D: seen from the feet
+    # World = scanner mm (z, y, x): display voxel (k, r, c) sits where nibabel puts its voxel.
+    image = nib.load(files["scan"])
+    index = np.arange(np.prod(image.shape)).reshape(image.shape)
+    display, _ = to_display(index, image.affine)
+    scan = layers["scan"]
+    for krc in [(0, 0, 0), (5, 55, 47), (2, 10, 30)]:
+        ijk = np.unravel_index(display[krc], image.shape)
+        expected = (image.affine @ np.r_[ijk, 1])[[2, 1, 0]]
+        np.testing.assert_allclose(scan.data_to_world(krc), expected, atol=1e-6)
+        for role in ("brain_mask", "truth", "slice_range"):
+            np.testing.assert_allclose(layers[role].data_to_world(krc), expected, atol=1e-6)
+    # The viewer shows a slice of the brain range: the point is a world (mm) position.
+    start, stop = scan.metadata["napari_uad"]["slice_range"]
+    slice_index = scan.world_to_data(viewer.dims.point)[0]
+    assert slice_index == pytest.approx((start + stop - 1) / 2)
+
+
 def test_info_panel_shows_real_voxel_size(qtbot, widget, phantom_scan_files):
     load(qtbot, widget, phantom_scan_files["scan"])
     text = widget.info_label.text()

@@ -12,7 +12,8 @@ import pytest
 from scipy import ndimage
 
 from napari_uad._napari import read_nifti_layers
-from napari_uad.widgets._common import camera, layer_metadata
+from napari_uad.display import camera
+from napari_uad.widgets._common import layer_metadata
 from napari_uad.widgets.threshold import ThresholdWidget
 
 pytestmark = pytest.mark.gui
@@ -121,6 +122,30 @@ def test_exports_csv_and_nifti_on_file_grid(widget_and_viewer, tmp_path):
     np.testing.assert_array_equal(data > 0, viewer.layers["lesions · anomaly"].data > 0)
     centroid = [float(rows[0][f"centroid_{a}"]) for a in "ijk"]
     assert np.asarray(image.dataobj)[tuple(int(round(c)) for c in centroid)] == 1
+    # World coordinates (the file affine on the voxel centroid) and how the lesions were found
+    world = image.affine @ [*centroid, 1.0]
+    assert [float(rows[0][f"centroid_{a}_mm"]) for a in "xyz"] == pytest.approx(world[:3], abs=0.01)
+    assert float(rows[0]["threshold"]) == pytest.approx(widget.threshold_slider.value())
+
+
+def test_mask_layer_is_placed_like_its_anomaly_map(make_napari_viewer, phantom_scan_files):
+    """On a layer placed in scanner mm (LAS file affine), the lesion layer the widget adds has
+    the map's data-to-world map, and a table click shows the lesion's slice."""
+    viewer = make_napari_viewer()
+    ((data, meta, _),) = read_nifti_layers(str(phantom_scan_files["scan"]))
+    anomaly = blob_map(data.shape)
+    meta["metadata"]["napari_uad"].update(role="anomaly", threshold=0.3)
+    layer = viewer.add_image(anomaly, **{**meta, "name": "anomaly", "colormap": "hot"})
+    assert not np.allclose(layer.affine.affine_matrix, np.eye(4))  # the file's flips and origin
+    widget = ThresholdWidget(viewer)
+    widget.update_mask()
+    mask = viewer.layers["lesions · anomaly"]
+    for index in [(0, 0, 0), (5, 55, 47), (3, 30, 40)]:
+        np.testing.assert_allclose(mask.data_to_world(index), layer.data_to_world(index))
+    widget.table.cellClicked.emit(1, 0)  # the small lesion, on display slice 3
+    assert round(float(layer.world_to_data(viewer.dims.point)[0])) == 3
+    centre = mask.world_to_data(viewer.dims.point)
+    assert mask.data[3, int(round(centre[1])), int(round(centre[2]))] == 2
 
 
 def test_export_refuses_to_overwrite_the_scan(make_napari_viewer, tmp_path):

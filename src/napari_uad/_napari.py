@@ -1,8 +1,10 @@
 """npe2 contributions: NIfTI reader and writers, sample data.
 
-Layers show volumes with :func:`napari_uad.display.to_display` (axial, radiological, physical
-scale). The file's affine and header travel in ``layer.metadata`` so writers put results back
-on the original grid.
+Layers show volumes with :func:`napari_uad.display.to_display` (axial slices first) placed
+with the scan's full affine (:func:`napari_uad.display.placement`): napari's world coordinates
+are the scanner's (z, y, x) in mm, and the viewer's camera shows them in the radiological
+convention (:func:`napari_uad.display.set_radiological_view`). The file's affine and header
+travel in ``layer.metadata`` so writers put results back on the original grid.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .display import from_display, to_display
+from .display import apply_view_choice, from_display, placement, to_display
 from .io import InputError, Scan, nifti_stem, read_scan, write_nifti
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -44,7 +46,9 @@ def read_dicom_layers(path) -> list[tuple]:
     from .io.dicom import read_dicom
 
     scan = read_dicom(path)
-    return [scan_layer(scan, name=scan_stem(path), kind="image", role="scan")]
+    layers = [scan_layer(scan, name=scan_stem(path), kind="image", role="scan")]
+    _radiological_current_viewer()
+    return layers
 
 
 def read_nifti_layers(path) -> list[tuple]:
@@ -60,7 +64,22 @@ def read_nifti_layers(path) -> list[tuple]:
             layers.append(scan_layer(read_scan(p)))
         except InputError as error:
             _notify_error(str(error))
+    if layers:
+        _radiological_current_viewer()
     return layers or [(None,)]  # [(None,)]: napari's "read, nothing to add"
+
+
+def _radiological_current_viewer() -> None:
+    """Show the current viewer (if any) in the radiological view, unless the user chose the
+    neurological one. Never raises: reading must not fail because of the view."""
+    try:
+        from napari import current_viewer
+
+        viewer = current_viewer()
+    except Exception:  # noqa: BLE001
+        return
+    if viewer is not None:
+        apply_view_choice(viewer)
 
 
 def _notify_error(message: str) -> None:
@@ -77,7 +96,8 @@ def scan_layer(
     Parameters
     ----------
     scan : Scan
-        Volume on its file grid; shown with :func:`napari_uad.display.to_display`.
+        Volume on its file grid; shown with :func:`napari_uad.display.to_display`, placed in
+        the scanner's world with :func:`napari_uad.display.placement`.
     name : str, optional
         Layer name (default: the file name without extension).
     kind : {'image', 'labels'}, optional
@@ -89,9 +109,11 @@ def scan_layer(
     Returns
     -------
     tuple
-        ``(data, kwargs, layer_type)`` for ``viewer.add_<layer_type>(data, **kwargs)``.
+        ``(data, kwargs, layer_type)`` for ``viewer.add_<layer_type>(data, **kwargs)``;
+        ``kwargs`` holds ``scale`` (voxel sizes in mm) and ``affine`` (the rest of the scan's
+        affine), so napari's world coordinates are the scanner's (z, y, x) in mm.
     """
-    data, scale = to_display(scan.data, scan.affine)
+    data, _ = to_display(scan.data, scan.affine)
     values = np.unique(data[:: max(1, data.size // 200_000)])
     is_mask = kind == "labels" or (
         kind is None
@@ -102,7 +124,7 @@ def scan_layer(
     name = name or (nifti_stem(scan.source) if scan.source else "scan")
     meta = {
         "name": name,
-        "scale": scale,
+        **placement(scan.affine, scan.data.shape),
         "metadata": {
             "napari_uad": {
                 "affine": scan.affine,
@@ -187,6 +209,7 @@ def _sample(name: str, label: str) -> list[tuple]:
         )
         truth[1].update(truth_style())
         layers.append(truth)
+    _radiological_current_viewer()
     return layers
 
 

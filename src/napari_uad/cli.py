@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -57,7 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="pseudo-healthy image, anomaly map and lesion mask for scans",
         description="Run a method over scans. For each INPUT it writes <stem>_healthy.nii.gz, "
         "<stem>_anomaly.nii.gz, <stem>_mask.nii.gz (lesions), <stem>_brain_mask.nii.gz (the "
-        "brain scored) and <stem>.json to --out, on the input's grid and affine. Raw scanner "
+        "brain scored), <stem>_lesions.tsv (one row per lesion, world coordinates in mm) and "
+        "<stem>.json to --out, on the input's grid and affine; a BIDS dataset gives a BIDS "
+        "derivatives dataset instead (docs/cohorts.md). napari-uad_summary.tsv (a row per "
+        "scan) and napari-uad_log.tsv are kept up to date as scans finish. Raw scanner "
         "T1s (skull, neck) need --prepare (or 'napari-uad prepare' first). Unset options "
         "take the method's defaults stored with its model "
         "(docs/methods.md). The progress bar counts network evaluations of a batch of slices.",
@@ -67,8 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
         "inputs",
         nargs="+",
         metavar="INPUT",
-        help="scans: NIfTI (.nii, .nii.gz), a DICOM series (folder or one .dcm file), or a 2-D "
-        "PNG/TIFF image",
+        help="scans: NIfTI (.nii, .nii.gz), a DICOM series (folder or one .dcm file), a 2-D "
+        "PNG/TIFF image; or a BIDS dataset folder; or a .csv/.tsv list (columns scan, "
+        "brain_mask, id)",
     )
     restore.add_argument(
         "--method",
@@ -118,7 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
         "healthy scans",
     )
     restore.add_argument(
-        "--min-size", type=int, default=0, metavar="VOXELS", help="smallest lesion in voxels"
+        "--min-size",
+        type=float,
+        default=0.0,
+        metavar="MM3",
+        help="smallest lesion volume in mm³ (measured on each scan's own voxels)",
+    )
+    restore.add_argument(
+        "--min-voxels", type=int, default=0, metavar="N", help="smallest lesion in voxels"
     )
     restore.add_argument(
         "--erode-brain",
@@ -139,7 +151,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_prepare_arguments(restore, prefix="prepare-")
     _add_sampling_arguments(restore)
-    restore.add_argument("--out", required=True, type=Path, metavar="DIR", help="output folder")
+    restore.add_argument(
+        "--participant-label",
+        nargs="+",
+        metavar="LABEL",
+        help="BIDS input: only these participants (01 or sub-01)",
+    )
+    restore.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="keep scans whose outputs are complete (a resumed run); partial ones are redone",
+    )
+    restore.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        metavar="N",
+        help="scans at once, as Dask tasks on N local worker processes (1: in this process)",
+    )
+    restore.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run the scans on an existing Dask cluster (tcp://host:8786; docs/cohorts.md)",
+    )
+    restore.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="output folder (a BIDS derivatives dataset for a BIDS input)",
+    )
     restore.add_argument("--overwrite", action="store_true", help="replace existing outputs")
 
     compare = commands.add_parser(
@@ -554,7 +595,11 @@ def _format_warning(message, category, filename, lineno, line=None):
 
 
 def _restore(args) -> int:
-    from .io import nifti_stem
+    """``napari-uad restore``: scans, a CSV list or a BIDS dataset; resumable; on Dask."""
+    from .cohort import collect_scans
+    from .cohort.layout import LOG_NAME, SUMMARY_NAME, dataset_description, dumps
+    from .cohort.summary import GroupSummary, RunLog
+    from .io.atomic import atomic_write_text
     from .pipeline import load_method, parse_threshold
 
     threshold = parse_threshold(args.threshold)
@@ -565,22 +610,29 @@ def _restore(args) -> int:
         or (len(masks) == 1 and len(args.inputs) > 1 and masks[0] != "auto")
     ):
         raise UsageError("give one --brain-mask per input (or 'auto')")
-    if args.batch_size < 1:
-        raise UsageError("--batch-size must be >= 1")
-    if args.samples < 1:
-        raise UsageError("--samples must be >= 1")
+    for flag, value in (("--batch-size", args.batch_size), ("--samples", args.samples)):
+        if value < 1:
+            raise UsageError(f"{flag} must be >= 1")
+    if args.jobs < 1:
+        raise UsageError("--jobs must be >= 1")
+    if args.min_size < 0 or args.min_voxels < 0:
+        raise UsageError("--min-size and --min-voxels must be >= 0")
+    if args.skip_existing and args.overwrite:
+        raise UsageError("--skip-existing keeps finished scans, --overwrite redoes them: pick one")
     if args.prepare and any(m != "auto" for m in masks):
         raise UsageError("--prepare makes the brain mask: give --brain-mask or --prepare, not both")
-    if args.prepare:
-        _prepare_options(args)  # bad preparation options fail before the model loads
-    stems = [nifti_stem(path) for path in args.inputs]
-    if len(set(stems)) != len(stems):
-        raise UsageError("two inputs share a file name; their outputs would collide")
-    planned = [_output_paths(args.out, stem, uncertainty=args.samples > 1) for stem in stems]
-    given = [*args.inputs, *(m for m in masks if m != "auto")]
-    _check_out_folder(args.out)
-    for stem, outputs in zip(stems, planned, strict=True):
-        _check_outputs(outputs.values(), given, args.out, overwrite=args.overwrite, stem=stem)
+    prepare = _prepare_options(args) if args.prepare else None  # bad options fail early
+    scans, bids_root = collect_scans(
+        args.inputs, brain_masks=masks, participants=args.participant_label
+    )
+    if bids_root is not None:
+        _check_bids_out(args.out, bids_root)
+    if prepare is not None and any(scan.brain_mask is not None for scan in scans):
+        raise UsageError("--prepare makes the brain mask: the list or dataset gives one too")
+    keys = [scan.key for scan in scans]
+    if len(set(keys)) != len(keys):
+        twice = next(k for k in keys if keys.count(k) > 1)
+        raise UsageError(f"two inputs share the name {twice}; their outputs would collide")
     params = {
         "noise": args.noise,
         "noise_level": args.noise_level,
@@ -590,92 +642,241 @@ def _restore(args) -> int:
     }
     params = {k: v for k, v in params.items() if v is not None}
     params.update(_parse_options(args.param, flag="--param"))
+    jobs = _restore_jobs(args, scans, bids_root is not None, threshold, params, prepare)
+    _check_out_folder(args.out)
+    given = [*(s.path for s in scans), *(s.brain_mask for s in scans if s.brain_mask)]
+    pending, kept = [], []
+    for job in jobs:
+        _check_outputs(
+            job.paths.values(),
+            given,
+            job.folder,
+            overwrite=args.overwrite or args.skip_existing,
+            stem=job.lock_stem,
+        )
+        (kept if args.skip_existing and _finished_before(job, args) else pending).append(job)
     _say(f"loading the {args.method} model{f' {args.model}' if args.model else ''} (torch)...")
     loaded = load_method(args.method, args.model, noise=params.get("noise"), device=args.device)
     _say(f"model {loaded.model_name} on {loaded.method.device}")
-    # A run without --samples replaces an earlier run's uncertainty map too.
-    replaces = [_output_paths(args.out, stem, uncertainty=True).values() for stem in stems]
-    claimed = _claimed_outputs(
-        args.out, stems, planned, overwrite=args.overwrite, replaces=replaces
+    created = not args.out.exists()
+    args.out.mkdir(parents=True, exist_ok=True)
+    if bids_root is not None:
+        description = args.out / "dataset_description.json"
+        if not description.exists():
+            content = dataset_description(bids_root, method=args.method, version=__version__)
+            atomic_write_text(description, dumps(content))
+    log = RunLog(args.out / LOG_NAME)
+    summary = GroupSummary(args.out / SUMMARY_NAME, lock=log.path)
+    if kept:
+        from .cohort.task import read_provenance, summary_row
+
+        for job in kept:
+            record = read_provenance(job.paths["provenance"])
+            summary.update(summary_row(job, record, "skipped", None))
+            log.write(job.scan.key, "skipped", "finished before")
+        print(f"{len(kept)} of {len(jobs)} scan(s) finished before in {args.out}: kept")
+    rows = []
+    try:
+        rows = _run_jobs(args, pending, summary, log)
+    finally:
+        # A folder this run made holds only what it wrote: without one finished scan, nothing.
+        if created and not kept and not any(row["status"] == "done" for row in rows):
+            shutil.rmtree(args.out, ignore_errors=True)
+    return _restore_exit(rows, args.out, single=len(jobs) == 1)
+
+
+def _restore_jobs(args, scans, bids: bool, threshold, params, prepare):
+    """One :class:`~napari_uad.cohort.ScanJob` per scan."""
+    from .cohort import ScanJob, output_paths
+    from .cohort.layout import lock_stem
+
+    detect = {
+        "method": args.method,
+        "model": args.model,
+        "device": args.device,
+        "seed": args.seed,
+        "batch_size": args.batch_size,
+        "threshold": threshold,
+        "min_size": args.min_voxels,
+        "min_volume_mm3": args.min_size,
+        "erode_brain": args.erode_brain,
+        "samples": args.samples,
+        **params,
+    }
+    jobs = []
+    for scan in scans:
+        paths = output_paths(args.out, scan, bids=bids, uncertainty=args.samples > 1)
+        # A run without --samples replaces an earlier run's uncertainty map too.
+        every = output_paths(args.out, scan, bids=bids, uncertainty=True)
+        jobs.append(
+            ScanJob(
+                scan=scan,
+                paths=paths,
+                lock_stem=lock_stem(scan, bids=bids),
+                out=args.out,
+                bids=bids,
+                detect=detect,
+                prepare=prepare,
+                threads=args.threads,
+                skip_existing=args.skip_existing,
+                replaces=tuple(p for p in every.values() if p not in paths.values()),
+            )
+        )
+    return jobs
+
+
+def _finished_before(job, args) -> bool:
+    """With --skip-existing: are the scan's outputs complete, from the same method and model?"""
+    from .cohort.task import is_complete, read_provenance
+
+    if (job.folder / f".{job.lock_stem}.napari-uad.lock").exists() or not is_complete(job.paths):
+        return False
+    record = read_provenance(job.paths["provenance"])
+    same_model = (
+        args.model is None
+        or args.model
+        in (
+            record.get("model"),
+            Path(record.get("model_path") or "").name,
+        )
+        or _same_path(record.get("model_path") or "", args.model)
     )
-    with claimed as claims:
-        for index, (path, stem, outputs) in enumerate(
-            zip(args.inputs, stems, planned, strict=True)
-        ):
-            _restore_one(args, index, path, stem, outputs, claims[index], masks, threshold, params)
-    return 0
+    if record.get("method") != args.method or not same_model:
+        raise UsageError(
+            f"{job.paths['provenance'].name} in {job.folder} is from {record.get('method')} "
+            f"(model {record.get('model')}): use another --out, or --overwrite"
+        )
+    return True
 
 
-def _restore_one(args, index, path, stem, outputs, claim, masks, threshold, params) -> None:
-    """Detect on one input and write its outputs (complete or not at all)."""
+def _check_bids_out(out: Path, bids_root: Path) -> None:
+    """A BIDS run writes a derivatives dataset: never into the raw dataset's own folders."""
+    out, root = out.resolve(), bids_root.resolve()
+    inside = out == root or root in out.parents
+    if inside and (root / "derivatives") not in [out, *out.parents]:
+        raise UsageError(
+            f"--out {out} is inside the input dataset: give a folder outside it or under "
+            f"{root / 'derivatives'} (e.g. {root / 'derivatives' / 'napari-uad'})"
+        )
+    description = out / "dataset_description.json"
+    if description.exists():
+        from .cohort.inputs import read_description
+
+        generated = read_description(out).get("GeneratedBy") or []
+        if not any(isinstance(g, dict) and g.get("Name") == "napari-uad" for g in generated):
+            raise UsageError(
+                f"--out {out} holds another dataset (its dataset_description.json is not "
+                "napari-uad's): choose another folder"
+            )
+
+
+def _run_jobs(args, jobs, summary, log) -> list[dict]:
+    """Run the jobs in this process (--jobs 1) or on Dask; a line per finished scan."""
+    from .cohort import run_dask, run_sequential
+    from .outputs import OutputSet
+
+    def report(row):
+        for message in row.get("warnings_list") or []:
+            named = f"{row['scan']}: {message}" if len(jobs) > 1 else message
+            warnings.warn(named, stacklevel=2)
+        if row["status"] == "done":
+            print(
+                f"{row['scan']}: {row['lesions']} lesion(s), {row['total_ml']:.2f} mL at "
+                f"threshold {row['threshold']:.4g}; {row['seconds']:.1f} s -> {args.out}"
+            )
+        elif row["status"] == "skipped":
+            print(f"{row['scan']}: finished before, kept")
+
+    if not jobs:
+        return []
+    if args.jobs > 1 or args.scheduler:
+        where = args.scheduler or f"{args.jobs} local worker processes"
+        _say(f"{len(jobs)} scan(s) on Dask ({where})")
+        bar = _scan_bar(len(jobs))
+
+        def on_row(row):
+            bar.update(1)
+            report(row)
+
+        try:
+            return run_dask(
+                jobs,
+                summary=summary,
+                log=log,
+                workers=args.jobs,
+                scheduler=args.scheduler,
+                threads=args.threads,
+                on_row=on_row,
+            )
+        finally:
+            bar.close()
+    claims = [
+        OutputSet(job.folder, job.lock_stem, job.paths, replaces=job.replaces) for job in jobs
+    ]
+    with _claimed(claims, overwrite=args.overwrite or args.skip_existing):
+        return run_sequential(
+            jobs,
+            summary=summary,
+            log=log,
+            claims=claims,
+            progress_for=lambda job: _scan_bars(job, args.method),
+            on_row=report,
+        )
+
+
+def _scan_bar(total: int):
     from tqdm.auto import tqdm
 
-    from .io import read_mask, read_scan, write_nifti
-    from .io.atomic import atomic_write_text
-    from .pipeline import detect
+    return tqdm(total=total, desc="scans", unit="scan")
 
-    _say(f"reading {path}")
-    scan = read_scan(path)
-    mask_arg = masks[index] if len(masks) == len(args.inputs) else (masks[0] if masks else None)
-    brain_mask = None if mask_arg in (None, "auto") else read_mask(mask_arg, like=scan)
-    bars = []
 
-    def progress(update, bars=bars, stem=stem):
-        if not bars:
-            bars.append(tqdm(total=update.total, desc=f"{stem} ({args.method})", unit="step"))
-        bars[0].update(update.done - bars[0].n)
+def _scan_bars(job, method: str):
+    """Progress bars of one scan: (method progress, preparation progress, close)."""
+    from tqdm.auto import tqdm
 
-    if args.prepare:
-        from .methods.base import run_to_completion
-        from .prepare.detection import iter_detect_prepared
+    from .prepare.core import STEP_COUNT
 
-        prepared = _prepare_with_bar(scan, _prepare_options(args), stem)
+    bars = {}
+    _say(f"reading {job.scan.path}")
 
-        def run(**kwargs):
-            return run_to_completion(
-                iter_detect_prepared(scan, prepared=prepared, **kwargs), progress
+    def progress(update):
+        if "method" not in bars:
+            bars["method"] = tqdm(
+                total=update.total, desc=f"{job.scan.key} ({method})", unit="step"
             )
-    else:
+        bars["method"].update(update.done - bars["method"].n)
 
-        def run(**kwargs):
-            return detect(scan, brain_mask=brain_mask, progress=progress, **kwargs)
+    def prepare_progress(done, total, name):
+        if "prepare" not in bars:
+            bars["prepare"] = tqdm(total=STEP_COUNT, desc=f"{job.scan.key} (prepare)", unit="step")
+        bars["prepare"].set_postfix_str(name)
+        bars["prepare"].update(done - bars["prepare"].n)
 
-    try:
-        result = run(
-            method=args.method,
-            model=args.model,
-            device=args.device,
-            seed=args.seed,
-            batch_size=args.batch_size,
-            threshold=threshold,
-            min_size=args.min_size,
-            erode_brain=args.erode_brain,
-            samples=args.samples,
-            **params,
-        )
-    finally:
-        for bar in bars:
+    def close():
+        for bar in bars.values():
             bar.close()
-    provenance = {
-        "input": str(Path(path).resolve()),
-        "input_shape": list(scan.shape),
-        "outputs": {k: v.name for k, v in outputs.items() if k != "provenance"},
-        **result.provenance,
-    }
-    write_nifti(claim.stage("healthy"), result.healthy, like=scan)
-    write_nifti(claim.stage("anomaly"), result.anomaly, like=scan)
-    write_nifti(claim.stage("mask"), result.lesion_mask, like=scan, dtype="uint8")
-    write_nifti(claim.stage("brain_mask"), result.brain_mask, like=scan, dtype="uint8")
-    if "uncertainty" in outputs:
-        write_nifti(claim.stage("uncertainty"), result.uncertainty, like=scan)
-    atomic_write_text(claim.stage("provenance"), json.dumps(provenance, indent=2) + "\n")
-    claim.commit()
-    summary = result.provenance["lesions"]
+
+    return progress, prepare_progress, close
+
+
+def _restore_exit(rows: list[dict], out: Path, *, single: bool) -> int:
+    """Exit code of a restore: 0, or 2 when a scan failed (one line each), 1 for a bug."""
+    from .cohort.layout import SUMMARY_NAME
+
+    failed = [row for row in rows if row["status"] == "error"]
+    if not failed:
+        return 0
+    if single:
+        raise failed[0]["exception"]
+    for row in failed:
+        print(f"napari-uad: error: {row['scan']}: {row['error']}", file=sys.stderr)
     print(
-        f"{stem}: {summary['count']} lesion(s), {summary['total_volume_ml']:.2f} mL at "
-        f"threshold {result.threshold:.4g}; {result.provenance['timings']['restore_s']:.1f} s "
-        f"-> {args.out}"
+        f"napari-uad: {len(failed)} of {len(rows)} scan(s) failed; the others are written "
+        f"(see {out / SUMMARY_NAME})",
+        file=sys.stderr,
     )
+    bugs = [row for row in failed if not _is_input_error(row["exception"])]
+    return 1 if bugs else EXIT_BAD_INPUT
 
 
 def _say(message: str) -> None:
@@ -685,19 +886,6 @@ def _say(message: str) -> None:
     """
     if sys.stderr.isatty():
         print(f"napari-uad: {message}", file=sys.stderr, flush=True)
-
-
-def _output_paths(out: Path, stem: str, *, uncertainty: bool = False) -> dict[str, Path]:
-    paths = {
-        "healthy": out / f"{stem}_healthy.nii.gz",
-        "anomaly": out / f"{stem}_anomaly.nii.gz",
-        "mask": out / f"{stem}_mask.nii.gz",
-        "brain_mask": out / f"{stem}_brain_mask.nii.gz",
-    }
-    if uncertainty:
-        paths["uncertainty"] = out / f"{stem}_uncertainty.nii.gz"
-    paths["provenance"] = out / f"{stem}.json"
-    return paths
 
 
 def _compare(args) -> int:
@@ -852,23 +1040,41 @@ def _claimed_outputs(out: Path, stems, planned, *, overwrite: bool, replaces=Non
         for stem, outputs, extra in zip(stems, planned, replaces, strict=True)
     ]
     try:
+        with _claimed(claims, overwrite=overwrite):
+            yield claims
+    finally:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+
+
+@contextlib.contextmanager
+def _claimed(claims, *, overwrite: bool):
+    """Claim every output set (creating its folder), refuse existing outputs without
+    ``overwrite``, and release them all on leaving; folders created here and left empty are
+    removed."""
+    made = []
+    try:
         for claim in claims:
+            if not claim.folder.exists():
+                claim.folder.mkdir(parents=True)
+                made.append(claim.folder)
             claim.claim()
             if claim.swept:
                 more = " …" if len(claim.swept) > 4 else ""
                 warnings.warn(
-                    f"removed what an interrupted run left of {claim.stem} in {out}: "
+                    f"removed what an interrupted run left of {claim.stem} in {claim.folder}: "
                     f"{', '.join(claim.swept[:4])}{more}",
-                    stacklevel=2,
+                    stacklevel=3,
                 )
         for claim in claims:
-            _refuse_existing(claim.existing(), out, overwrite=overwrite)
+            _refuse_existing(claim.existing(), claim.folder, overwrite=overwrite)
         yield claims
     finally:
         for claim in claims:
             claim.release()
-        if created and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
+        for folder in reversed(made):
+            with contextlib.suppress(OSError):  # not empty: something was written
+                folder.rmdir()
 
 
 def _same_path(a, b) -> bool:

@@ -237,12 +237,15 @@ def start_demo_in_viewer(
     from napari.qt.threading import thread_worker
 
     from ._napari import outline_labels, sample_lesion
+    from .display import apply_view_choice
     from .widgets._common import error_text, show_error, show_info
 
     for data, meta, kind in sample_lesion():
         layer = getattr(viewer, f"add_{kind}")(data, **meta)
         if kind == "labels":
             outline_labels(layer)
+    # World coordinates are scanner mm; the camera shows them in the radiological convention.
+    apply_view_choice(viewer)
     # Name the slider's axis (napari labels it "-3" otherwise).
     viewer.dims.axis_labels = ("axial slice", "anterior-posterior", "right-left")
     widgets = dock_widgets(viewer)

@@ -36,7 +36,7 @@ from .methods.base import (
     is_out_of_memory,
     run_to_completion,
 )
-from .postprocess import binarise, erode_mask, lesion_summary, lesion_table
+from .postprocess import binarise, erode_mask, lesion_summary, lesion_table, min_voxels
 from .preprocess import PreparedVolume, from_canonical, prepare_volume, to_canonical
 
 
@@ -160,6 +160,7 @@ def iter_detect(
     batch_size: int = 8,
     threshold: float | str = "auto",
     min_size: int = 0,
+    min_volume_mm3: float = 0.0,
     erode_brain: int = 0,
     slices=None,
     samples: int = 1,
@@ -205,6 +206,9 @@ def iter_detect(
         threshold.
     min_size : int
         Lesion components smaller than this many voxels are dropped.
+    min_volume_mm3 : float
+        Lesion components smaller than this volume in mm³ are dropped (on the scan's voxels;
+        with ``min_size`` too, the larger of the two applies).
     erode_brain : int
         Erode the brain mask by this many voxels (per axial slice) before scoring, which
         silences the brain edge where reconstructions are least reliable.
@@ -222,6 +226,7 @@ def iter_detect(
     """
     threshold = parse_threshold(threshold)
     _check_run_arguments(params, erode_brain=erode_brain, min_size=min_size)
+    min_voxels(min_volume_mm3, scan.spacing)  # a bad volume fails before the model loads
     timings: dict[str, float] = {}
     started = time.perf_counter()
     loaded = load_method(method, model, noise=params.get("noise"), device=device)
@@ -300,7 +305,8 @@ def iter_detect(
     threshold_value, threshold_source = _resolve_threshold(
         threshold, loaded.method, anomaly, scored
     )
-    lesion_mask = binarise(anomaly, threshold_value, brain_mask=scored, min_size=min_size)
+    min_size_used = max(int(min_size), min_voxels(min_volume_mm3, scan.spacing))
+    lesion_mask = binarise(anomaly, threshold_value, brain_mask=scored, min_size=min_size_used)
     lesions = lesion_table(lesion_mask, anomaly, spacing=scan.spacing)
     timings["postprocess_s"] = time.perf_counter() - tick
     timings["total_s"] = time.perf_counter() - started
@@ -319,7 +325,8 @@ def iter_detect(
             "batch_size": batch_size,
             "threshold": threshold_value,
             "threshold_source": threshold_source,
-            "min_size": min_size,
+            "min_size": min_size_used,
+            "min_volume_mm3": float(min_volume_mm3),
             "erode_brain": erode_brain,
             "brain_mask": "given" if brain_mask is not None else "estimated",
         },
@@ -333,7 +340,7 @@ def iter_detect(
         "min_brain_fraction": fraction,
         "warnings": scan_notes,
         "timings": {k: round(v, 4) for k, v in timings.items()},
-        "lesions": lesion_summary(lesions),
+        "lesions": lesion_summary(lesions, brain_voxels=int(np.count_nonzero(scored))),
     }
     return Detection(
         healthy=healthy.astype(np.float32),

@@ -9,6 +9,7 @@ anomalous when its score is greater than or equal to the threshold.
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +27,7 @@ __all__ = [
     "lesion_table",
     "lesions_to_csv",
     "median_filter",
+    "min_voxels",
     "remove_small_components",
     "threshold_lesions",
 ]
@@ -316,12 +318,56 @@ def lesion_table(lesion_mask, anomaly, *, spacing, labels=None) -> list[Lesion]:
     ]
 
 
-def lesion_summary(lesions) -> dict:
-    """The provenance's ``lesions`` entry: ``{"count", "total_volume_ml"}`` of a lesion table."""
-    return {
+def lesion_summary(lesions, *, brain_voxels: int | None = None) -> dict:
+    """The provenance's ``lesions`` entry of a lesion table.
+
+    Parameters
+    ----------
+    lesions : sequence of Lesion
+    brain_voxels : int, optional
+        Voxels of the brain that was scored; adds ``brain_flagged_percent``, the share of it
+        flagged as lesion.
+
+    Returns
+    -------
+    dict
+        ``count``, ``total_volume_ml``, ``largest_volume_ml`` (0 without lesions) and, with
+        ``brain_voxels``, ``brain_flagged_percent``.
+    """
+    summary = {
         "count": len(lesions),
         "total_volume_ml": round(float(sum(les.volume_ml for les in lesions)), 4),
+        "largest_volume_ml": round(float(max((les.volume_ml for les in lesions), default=0)), 4),
     }
+    if brain_voxels is not None:
+        flagged = sum(les.n_voxels for les in lesions)
+        summary["brain_flagged_percent"] = round(100.0 * flagged / max(int(brain_voxels), 1), 4)
+    return summary
+
+
+def min_voxels(min_volume_mm3: float, spacing) -> int:
+    """The smallest whole number of voxels whose volume reaches ``min_volume_mm3``.
+
+    Parameters
+    ----------
+    min_volume_mm3 : float
+        Smallest lesion volume in mm³ (0: keep every lesion).
+    spacing : sequence of float
+        Voxel size in mm along each axis.
+
+    Returns
+    -------
+    int
+        0 when ``min_volume_mm3`` is 0.
+    """
+    min_volume_mm3 = float(min_volume_mm3)
+    if not math.isfinite(min_volume_mm3) or min_volume_mm3 < 0:
+        raise ValueError(f"the smallest lesion volume must be >= 0 mm³, got {min_volume_mm3}")
+    if min_volume_mm3 == 0:
+        return 0
+    voxel = _voxel_volume_mm3(spacing, len(tuple(spacing)))
+    # A small tolerance so 27 mm³ on 1 mm voxels is 27 voxels, not 28 by rounding error.
+    return max(1, math.ceil(min_volume_mm3 / voxel - 1e-9))
 
 
 def threshold_lesions(anomaly, threshold, *, spacing, min_size=0):
@@ -358,11 +404,23 @@ def threshold_lesions(anomaly, threshold, *, spacing, min_size=0):
     return labels, lesion_table(labels, anomaly, spacing=spacing, labels=labels)
 
 
-def lesions_to_csv(lesions, path) -> Path:
-    """Write a lesion table to CSV, atomically (a temporary file in the same folder, renamed).
+def lesions_to_csv(
+    lesions,
+    path,
+    *,
+    affine=None,
+    threshold: float | None = None,
+    method: str | None = None,
+    model: str | None = None,
+    delimiter: str = ",",
+) -> Path:
+    """Write a lesion table (CSV, or TSV with ``delimiter="\t"``), atomically.
 
-    Columns: ``label, n_voxels, volume_ml, mean_score, max_score`` and one
-    ``centroid_<axis>`` column per axis (``i, j, k`` voxel indices).
+    Columns: ``label, n_voxels, volume_ml, volume_mm3, mean_score, max_score``, one
+    ``centroid_<axis>`` column per axis (``i, j, k`` voxel indices); with ``affine`` the
+    centroid in world coordinates (``centroid_x_mm, centroid_y_mm, centroid_z_mm``, the scanner
+    coordinates the affine maps voxels to); and ``threshold``, ``method``, ``model`` when given
+    (the same value on every row, so each row stands alone in a pooled table).
 
     Parameters
     ----------
@@ -371,6 +429,12 @@ def lesions_to_csv(lesions, path) -> Path:
     path : str or Path
         Destination; its folder must exist. An existing file is replaced only once the new
         one is complete.
+    affine : (4, 4) array, optional
+        Voxel -> world (mm) affine of the grid the centroids are on (a NIfTI's affine).
+    threshold, method, model : optional
+        How the lesions were found.
+    delimiter : str
+        ``","`` (CSV) or ``"\t"`` (TSV).
 
     Returns
     -------
@@ -381,23 +445,41 @@ def lesions_to_csv(lesions, path) -> Path:
         raise ValueError(f"folder {path.parent} does not exist: create it or choose another path")
     n_axes = len(lesions[0].centroid_voxel) if lesions else 3
     axes = "ijk"[:n_axes] if n_axes <= 3 else [str(a) for a in range(n_axes)]
-    header = ["label", "n_voxels", "volume_ml", "mean_score", "max_score"]
+    header = ["label", "n_voxels", "volume_ml", "volume_mm3", "mean_score", "max_score"]
     header += [f"centroid_{a}" for a in axes]
-    rows = [
-        [
+    world = None
+    if affine is not None:
+        affine = np.asarray(affine, dtype=np.float64)
+        if affine.shape != (4, 4) or n_axes not in (2, 3):
+            raise ValueError("affine must be a 4 x 4 matrix for 2-D or 3-D lesion centroids")
+        header += ["centroid_x_mm", "centroid_y_mm", "centroid_z_mm"]
+        points = np.zeros((len(lesions), 4))
+        points[:, 3] = 1.0
+        for row, lesion in enumerate(lesions):
+            points[row, :n_axes] = lesion.centroid_voxel
+        world = points @ affine.T
+    extra = {"threshold": threshold, "method": method, "model": model}
+    extra = {k: v for k, v in extra.items() if v is not None}
+    header += list(extra)
+    rows = []
+    for row, lesion in enumerate(lesions):
+        cells = [
             lesion.label,
             lesion.n_voxels,
             f"{lesion.volume_ml:.6g}",
+            f"{lesion.volume_ml * 1000.0:.6g}",
             f"{lesion.mean_score:.6g}",
             f"{lesion.max_score:.6g}",
             *(f"{c:.2f}" for c in lesion.centroid_voxel),
         ]
-        for lesion in lesions
-    ]
+        if world is not None:
+            cells += [f"{c:.2f}" for c in world[row, :3]]
+        cells += [f"{v:.6g}" if isinstance(v, float) else v for v in extra.values()]
+        rows.append(cells)
 
     def write(temp):
         with open(temp, "w", newline="") as handle:
-            writer = csv.writer(handle)
+            writer = csv.writer(handle, delimiter=delimiter, lineterminator="\n")
             writer.writerow(header)
             writer.writerows(rows)
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from .. import __version__
 from .atomic import atomic_write
 from .errors import InputError
 from .limits import check_size
@@ -580,8 +581,24 @@ def _max_corner_distance(a: np.ndarray, b: np.ndarray, shape: tuple[int, ...]) -
     return float(np.max(np.linalg.norm((a @ corners - b @ corners)[:3], axis=0)))
 
 
-def write_nifti(path: str | os.PathLike, data: np.ndarray, *, like: Scan, dtype=np.float32) -> Path:
+def write_nifti(
+    path: str | os.PathLike,
+    data: np.ndarray,
+    *,
+    like: Scan,
+    dtype=np.float32,
+    description: str | None = None,
+    intent: str | None = None,
+) -> Path:
     """Write an array on a scan's grid as NIfTI, atomically, with the scan's affine and header.
+
+    The output keeps what describes the grid: the affine, the qform and sform codes, the voxel
+    sizes and units, and the NIfTI version (NIfTI-2 in, NIfTI-2 out; a 2-D file gives a 2-D
+    file). What describes the input's voxel values is not inherited: ``descrip``, ``aux_file``,
+    the intent and the header extensions are replaced, scaling is stored as none (slope 1,
+    intercept 0), and ``cal_min``/``cal_max`` are set to the range of the written data, so
+    viewers (FSLeyes, ITK-SNAP, MRIcroGL) open the file with a sensible display range. A scan
+    without a header (a 2-D image file or an array) gets a fresh NIfTI-1 header in mm.
 
     Parameters
     ----------
@@ -594,6 +611,15 @@ def write_nifti(path: str | os.PathLike, data: np.ndarray, *, like: Scan, dtype=
     dtype : numpy dtype
         Stored data type. Values are stored as-is (no scaling); for integer types they are
         rounded and clipped to the type's range; bool is stored as uint8.
+    description : str, optional
+        Text for the header's ``descrip`` field, e.g. ``"napari-uad 0.1.0 disyre
+        model=disyre"``. NIfTI allows 80 bytes with a terminating NUL: the text is cut to 79
+        ASCII characters, line breaks and tabs become spaces and other characters become
+        ``?``. Default: ``"napari-uad <version>"``.
+    intent : str, optional
+        NIfTI intent by nibabel's name, e.g. ``"label"`` (NIFTI_INTENT_LABEL, 1002) for masks
+        and label maps or ``"zscore"``; its parameters are stored as 0. Default: none
+        (intent code 0), whatever the input's intent.
 
     Returns
     -------
@@ -604,6 +630,8 @@ def write_nifti(path: str | os.PathLike, data: np.ndarray, *, like: Scan, dtype=
     ------
     InputError
         Wrong extension or shape, the path is the input file, or the file cannot be written.
+    ValueError
+        ``intent`` is not a NIfTI intent nibabel knows.
     """
     path = Path(path)
     ext = _extension(path)
@@ -621,7 +649,8 @@ def write_nifti(path: str | os.PathLike, data: np.ndarray, *, like: Scan, dtype=
     if path.is_dir():
         raise InputError(f"Cannot write {path}: it is a folder")
 
-    img = _make_image(_cast(data, np.dtype(dtype)), like)
+    intent_code = _intent_code(intent)
+    img = _make_image(_cast(data, np.dtype(dtype)), like, _descrip(description), intent_code)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, lambda temp: nib.save(img, temp), suffix=f".tmp{ext}")
@@ -651,20 +680,63 @@ def _cast(data: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return np.ascontiguousarray(data, dtype=dtype)
 
 
-def _make_image(data: np.ndarray, like: Scan) -> nib.Nifti1Image:
+def _make_image(data: np.ndarray, like: Scan, descrip: bytes, intent_code: int) -> nib.Nifti1Image:
     if like.header is None:
-        img = nib.Nifti1Image(data, like.affine)
-        img.header.set_data_dtype(data.dtype)
+        img = nib.Nifti1Image(data, like.affine, dtype=data.dtype)
         img.header.set_xyzt_units("mm")
-        return img
-    header = like.header.copy()
-    if data.ndim == 3 and data.shape == (*header.get_data_shape(), 1):
-        data = data[:, :, 0]  # a 2-D input file gets a 2-D output file
+    else:
+        header = like.header.copy()
+        if data.ndim == 3 and data.shape == (*header.get_data_shape(), 1):
+            data = data[:, :, 0]  # a 2-D input file gets a 2-D output file
+        # Extensions (AFNI attributes, DICOM tags, CIFTI) describe the input, not this output;
+        # copy() shares the input's list, so start a new one.
+        header = type(header)(header.binaryblock, header.endianness, check=False)
+        image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
+        img = image_class(data, like.affine, header=header)
+    header = img.header
     header.set_data_dtype(data.dtype)
     header.set_slope_inter(1.0, 0.0)
-    header["cal_min"] = 0.0
-    header["cal_max"] = 0.0
-    image_class = nib.Nifti2Image if isinstance(header, nib.Nifti2Header) else nib.Nifti1Image
-    img = image_class(data, like.affine, header=header)
-    img.header.set_slope_inter(1.0, 0.0)
+    header.set_intent(intent_code)
+    header["descrip"] = descrip
+    header["aux_file"] = b""
+    header["cal_min"], header["cal_max"] = _value_range(data)
     return img
+
+
+def _intent_code(intent: str | None) -> int:
+    """The NIfTI intent code for nibabel's intent name (None: no intent, 0)."""
+    if intent is None:
+        return 0
+    try:
+        return int(nib.nifti1.intent_codes.code[intent])
+    except KeyError:
+        raise ValueError(
+            f"Unknown NIfTI intent {intent!r}: use a name nibabel knows, e.g. 'label' or 'zscore'"
+        ) from None
+
+
+# NIfTI-1 and -2 keep 80 bytes for descrip; the NIfTI C library reads and writes at most 79
+# characters and a NUL, so a longer text would lose its last character there.
+_DESCRIP_CHARS = 79
+
+
+def _descrip(description: str | None) -> bytes:
+    """The header's ``descrip``: printable ASCII, at most 79 bytes (80 with the NUL)."""
+    if description is None:
+        description = f"napari-uad {__version__}"
+    text = re.sub(r"[\t\r\n]", " ", str(description))
+    text = "".join(c if " " <= c <= "~" else "?" for c in text)
+    return text[:_DESCRIP_CHARS].encode("ascii")
+
+
+def _value_range(data: np.ndarray) -> tuple[float, float]:
+    """(min, max) of the finite values; (0, 0) when there are none."""
+    if data.size == 0:
+        return 0.0, 0.0
+    lo, hi = data.min(), data.max()
+    if np.issubdtype(data.dtype, np.floating) and not (np.isfinite(lo) and np.isfinite(hi)):
+        finite = data[np.isfinite(data)]
+        if finite.size == 0:
+            return 0.0, 0.0
+        lo, hi = finite.min(), finite.max()
+    return float(lo), float(hi)

@@ -46,14 +46,18 @@ def iter_detect_prepared(
         On the input's grid, with ``provenance["prepare"]`` recording the preparation.
     """
     from ..pipeline import iter_detect
-    from ..postprocess import binarise, lesion_summary, lesion_table
+    from ..postprocess import binarise, lesion_summary, lesion_table, min_voxels
 
     if prepared is None:
         prepared = prepare_scan(scan, options, should_stop=should_stop)
     result = yield from iter_detect(
         prepared.scan, brain_mask=prepared.brain_mask, should_stop=should_stop, **detect_args
     )
-    min_size = int(detect_args.get("min_size", 0))
+    # The smallest lesion again on the input's voxels (the volume, not the prepared voxels).
+    min_size = max(
+        int(detect_args.get("min_size", 0)),
+        min_voxels(detect_args.get("min_volume_mm3", 0.0), scan.spacing),
+    )
     scored = prepared.to_input(result.brain_mask)
     brain = prepared.brain_mask_input
     anomaly = np.clip(prepared.to_input(result.anomaly), 0, None) * scored
@@ -67,8 +71,12 @@ def iter_detect_prepared(
     lesions = lesion_table(lesion_mask, anomaly, spacing=scan.spacing)
     provenance = dict(result.provenance)
     provenance["prepare"] = prepared.provenance()
-    provenance["parameters"] = {**provenance.get("parameters", {}), "brain_mask": "prepare"}
-    provenance["lesions"] = lesion_summary(lesions)
+    provenance["parameters"] = {
+        **provenance.get("parameters", {}),
+        "brain_mask": "prepare",
+        "min_size": min_size,
+    }
+    provenance["lesions"] = lesion_summary(lesions, brain_voxels=int(np.count_nonzero(scored)))
     return replace(
         result,
         healthy=healthy.astype(np.float32),

@@ -23,6 +23,42 @@ def geometry(layer) -> dict | None:
     return info if isinstance(info, dict) and "affine" in info else None
 
 
+def placement_of(layer, ndim: int = 3) -> dict:
+    """The placement (``scale``, ``translate``, ``affine``) of ``layer``, for a new layer on the
+    same grid: ``viewer.add_image(data, **placement_of(scan_layer))``.
+
+    Every result layer added on top of a scan layer takes these, so both have the same
+    data-to-world map (napari-uad layers sit in scanner mm, see
+    :func:`napari_uad.display.placement`). The last ``ndim`` axes are taken; a layer with
+    fewer dimensions gets a leading unit axis.
+    """
+    scale = [float(v) for v in np.asarray(layer.scale)[-ndim:]]
+    translate = [float(v) for v in np.asarray(layer.translate)[-ndim:]]
+    matrix = np.asarray(layer.affine.affine_matrix, dtype=np.float64)
+    if len(scale) < ndim:  # a 2-D layer shown as a 3-D stack of one slice
+        missing = ndim - len(scale)
+        scale = [1.0] * missing + scale
+        translate = [0.0] * missing + translate
+        padded = np.eye(ndim + 1)
+        padded[missing:, missing:] = matrix
+        matrix = padded
+    elif matrix.shape[0] > ndim + 1:  # keep the last ndim axes (and the translation column)
+        keep = [*range(matrix.shape[0] - 1 - ndim, matrix.shape[0])]
+        matrix = matrix[np.ix_(keep, keep)]
+    return {"scale": tuple(scale), "translate": tuple(translate), "affine": matrix}
+
+
+def current_slice(viewer, layer) -> int:
+    """The index along the layer's first (axial) axis of the slice the viewer shows.
+
+    Read through the layer's world-to-data map, so it holds whatever the layer's placement
+    (scanner mm, oblique) and clipped to the layer's slices.
+    """
+    position = layer.world_to_data(viewer.dims.point)
+    index = int(round(float(position[-3])))
+    return int(np.clip(index, 0, layer.data.shape[-3] - 1))
+
+
 def display_affine(scale) -> np.ndarray:
     """An RAS affine whose :func:`~napari_uad.display.to_display` view has this (Z, Y, X) scale.
 
@@ -116,9 +152,3 @@ def error_text(error: BaseException) -> str:
     """One line for the user: the message, without a traceback."""
     text = str(error).strip() or type(error).__name__
     return text.splitlines()[0]
-
-
-def camera(viewer):
-    """The viewer's camera (``viewer.scene.camera`` from napari 0.9, ``viewer.camera`` before)."""
-    scene = getattr(viewer, "scene", None)
-    return scene.camera if scene is not None and hasattr(scene, "camera") else viewer.camera

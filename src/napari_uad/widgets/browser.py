@@ -45,6 +45,7 @@ from ..cases import (
     open_cases,
 )
 from ..io.errors import InputError
+from ._common import placement_of
 from .load import _info, _one_line, _show_error, _warn, add_case_layers, batched
 
 LOADER_ROLES = ("scan", "brain_mask", "truth", "slice_range")
@@ -353,15 +354,15 @@ class CaseBrowserWidget(QWidget):
         scan_info = _info(layers["scan"])
         info = {key: scan_info[key] for key in ("affine", "header", "source", "shape")}
         info.update(metadata)
-        kwargs = {"scale": layers["scan"].scale}
+        where = placement_of(layers["scan"])
         properties = dict(item.properties)
         if item.kind == "labels":
             contour = properties.pop("contour", 0)
             layer = self.viewer.add_labels(
                 item.data,
                 name=item.name,
-                scale=kwargs["scale"],
                 metadata={**extra, "napari_uad": info},
+                **where,
                 **properties,
             )
             layer.contour = contour
@@ -369,8 +370,8 @@ class CaseBrowserWidget(QWidget):
             self.viewer.add_image(
                 item.data,
                 name=item.name,
-                scale=kwargs["scale"],
                 metadata={**extra, "napari_uad": info},
+                **where,
                 **properties,
             )
 

@@ -30,7 +30,15 @@ from qtpy.QtWidgets import (
 )
 
 from ..display import from_display, to_display
-from ._common import error_text, layer_metadata, scan_from_layer, show_error, show_info
+from ._common import (
+    current_slice,
+    error_text,
+    layer_metadata,
+    placement_of,
+    scan_from_layer,
+    show_error,
+    show_info,
+)
 from .detect import method_availability, reports_errors
 
 #: Table columns shown in the widget (all are in the saved CSV).
@@ -239,7 +247,7 @@ class CompareWidget(QWidget):
             if self.scope_combo.currentData() == "slice":
                 if layer.ndim < 3:
                     raise ValueError("no current slice: open a 3-D scan first")
-                kwargs["slices"] = [int(self.viewer.dims.current_step[0])]
+                kwargs["slices"] = [current_slice(self.viewer, layer)]
         except Exception as error:
             show_error(f"Compare: {error_text(error)}")
             return
@@ -310,8 +318,7 @@ class CompareWidget(QWidget):
                 data,
                 name=name,
                 metadata=metadata,
-                scale=tuple(source.scale[-3:]),
-                translate=tuple(source.translate[-3:]),
+                **placement_of(source),
                 colormap="hot",
                 blending="additive",
                 opacity=0.8,

@@ -33,12 +33,14 @@ from qtpy.QtWidgets import (
 )
 
 from .._napari import LESION_COLOUR, single_colour_style
-from ..display import to_display
+from ..display import placement, to_display
 from ._common import (
     KEY,
+    current_slice,
     error_text,
     geometry,
     layer_metadata,
+    placement_of,
     scan_from_layer,
     show_error,
 )
@@ -635,9 +637,7 @@ class DetectWidget(QWidget):
         layer = self._input_layer()
         if layer is None or layer.ndim < 3:
             return 0 if layer is not None else None
-        position = layer.world_to_data(self.viewer.dims.point)
-        index = int(round(float(position[-3])))
-        return int(np.clip(index, 0, layer.data.shape[-3] - 1))
+        return current_slice(self.viewer, layer)
 
     def _layer_or_none(self, name):
         return self.viewer.layers[name] if name in self.viewer.layers else None
@@ -883,15 +883,13 @@ class DetectWidget(QWidget):
         buffer = np.array(source.data, dtype=np.float32)
         if buffer.ndim == 2:
             buffer = buffer[None]
-        three_d = source.ndim >= 3
         self.viewer.add_image(
             buffer,
             name=PREVIEW_LAYER,
             colormap="gray",
             contrast_limits=source.contrast_limits,
-            scale=source.scale[-3:] if three_d else (1.0, *source.scale),
-            translate=source.translate[-3:] if three_d else (0.0, *source.translate),
             metadata={KEY: {"role": "preview"}},
+            **placement_of(source),
         )
 
     def _show_preview(self, planes: dict[int, np.ndarray]) -> None:
@@ -997,9 +995,9 @@ class DetectWidget(QWidget):
             "calibrated_threshold": float(result.threshold) if calibrated else None,
         }
         if source is not None and source.ndim >= 3:
-            scale, translate = tuple(source.scale[-3:]), tuple(source.translate[-3:])
+            where = placement_of(source)
         else:
-            scale, translate = to_display(result.healthy, scan.affine)[1], (0.0, 0.0, 0.0)
+            where = {"translate": (0.0, 0.0, 0.0), **placement(scan.affine, scan.data.shape)}
         contrast = source.contrast_limits if source is not None else None
         high = float(max(2 * result.threshold, 1e-6))
         lesion_style = single_colour_style(LESION_COLOUR)
@@ -1044,13 +1042,14 @@ class DetectWidget(QWidget):
             if existing is not None:
                 existing.data = data
                 existing.metadata = metadata
-                existing.scale, existing.translate = scale, translate
+                existing.scale, existing.translate = where["scale"], where["translate"]
+                existing.affine = where["affine"]
                 for key in ("contrast_limits", "visible", "colormap"):
                     if key in style:
                         setattr(existing, key, style[key])
                 return
             add = self.viewer.add_image if kind == "image" else self.viewer.add_labels
-            add(data, name=name, metadata=metadata, scale=scale, translate=translate, **style)
+            add(data, name=name, metadata=metadata, **where, **style)
 
         return [lambda spec=spec: step(*spec) for spec in specs]
 

@@ -25,9 +25,9 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ..display import from_display
+from ..display import camera, from_display
 from ._common import (
-    camera,
+    current_slice,
     display_affine,
     error_text,
     geometry,
@@ -196,8 +196,7 @@ class FigureWidget(QWidget):
         rows = [self._detection_of(anomaly) for anomaly in anomalies]
         scan = rows[0][0]
         first = anomalies[0]
-        slice_index = int(round(float(first.world_to_data(self.viewer.dims.point)[-3])))
-        slice_index = int(np.clip(slice_index, 0, first.data.shape[-3] - 1))
+        slice_index = current_slice(self.viewer, first)
         options = dict(
             slice_index=slice_index,
             scale_bar_mm=self.scalebar_spin.value() if self.scalebar_check.isChecked() else 0,

@@ -5,7 +5,8 @@ A thin Qt layer over :mod:`napari_uad.cases`. Reading and mask estimation run in
 layers are only touched on the main thread. Layers carry ``metadata["napari_uad"]`` with their
 geometry and a ``role``:
 
-- ``"scan"``: the scan (grey, physical scale). It also holds ``"info"`` (what was read),
+- ``"scan"``: the scan (grey, placed in scanner mm with :func:`napari_uad.display.placement`;
+  the viewer is put in the radiological view). It also holds ``"info"`` (what was read),
   ``"brain_slices"`` and ``"slice_range"`` = (start, stop), display Z indices, stop exclusive:
   the slices Detect should process.
 - ``"brain_mask"``: labels ``"<stem> brain mask"``, hidden by default, editable.
@@ -41,7 +42,9 @@ from qtpy.QtWidgets import (
 
 from .._napari import outline_labels, truth_style
 from ..cases import LoadedCase, check_slice_range, scan_stem
+from ..display import apply_view_choice
 from ..io.errors import InputError
+from ._common import placement_of
 
 SCAN_FILTER = "Scans (*.nii *.nii.gz *.dcm);;All files (*)"
 MASK_FILTER = "NIfTI masks (*.nii *.nii.gz);;All files (*)"
@@ -179,7 +182,12 @@ def add_case_layers(viewer, case: LoadedCase, *, name: str | None = None) -> dic
     layers["slice_range"] = update_slice_frame(viewer, layers["scan"])
     viewer.layers.selection.active = layers["scan"]
     start, stop = case.brain_span
-    viewer.dims.set_point(0, ((start + stop - 1) / 2.0) * layers["scan"].scale[0])
+    rows, cols = layers["scan"].data.shape[-2:]
+    centre = ((start + stop - 1) / 2.0, (rows - 1) / 2.0, (cols - 1) / 2.0)
+    middle = layers["scan"].data_to_world(centre)  # world: scanner mm
+    axes = tuple(range(viewer.dims.ndim - len(middle), viewer.dims.ndim))
+    viewer.dims.set_point(axes, tuple(float(v) for v in middle))
+    apply_view_choice(viewer)
     viewer.reset_view()
     return layers
 
@@ -216,8 +224,7 @@ def update_slice_frame(viewer, scan_layer):
             face_color="transparent",
             edge_width=1.5,
             opacity=0.9,
-            scale=scan_layer.scale,
-            translate=scan_layer.translate,
+            **placement_of(scan_layer),
             metadata={
                 "napari_uad": {
                     "role": "slice_range",

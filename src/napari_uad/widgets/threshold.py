@@ -30,15 +30,15 @@ from qtpy.QtWidgets import (
 )
 from superqt import QLabeledDoubleSlider
 
-from ..display import from_display
+from ..display import camera, from_display
 from ._common import (
     KEY,
-    camera,
     display_affine,
     error_text,
     geometry,
     is_anomaly_layer,
     linked_layer,
+    placement_of,
     show_error,
     show_info,
 )
@@ -199,8 +199,7 @@ class ThresholdWidget(QWidget):
         return self.viewer.add_labels(
             np.zeros(anomaly.data.shape, dtype=np.int32),
             name=name,
-            scale=anomaly.scale,
-            translate=anomaly.translate,
+            **placement_of(anomaly, ndim=anomaly.ndim),
             opacity=0.7,
             metadata=metadata,
         )
@@ -416,17 +415,26 @@ class ThresholdWidget(QWidget):
         return affine, {KEY: info}
 
     def export_csv(self, path) -> Path:
-        """Write the lesion table (all lesions, centroids as file voxel indices i, j, k)."""
+        """Write the lesion table: all lesions, centroids as file voxel indices (i, j, k) and
+        scanner mm (x, y, z), with the threshold and, for a Detect result, method and model."""
         from ..io import Scan
         from ..postprocess import lesion_table, lesions_to_csv
 
         if self.labels is None:
             raise ValueError("no lesion mask yet: choose an anomaly map first")
-        affine, _ = self._file_geometry()
+        affine, metadata = self._file_geometry()
         mask = from_display(self.labels > 0, affine)
         scores = from_display(self._current_map(), affine)
         spacing = Scan(data=mask, affine=affine).spacing
-        return lesions_to_csv(lesion_table(mask, scores, spacing=spacing), path)
+        provenance = metadata[KEY].get("provenance") or {}
+        return lesions_to_csv(
+            lesion_table(mask, scores, spacing=spacing),
+            path,
+            affine=affine,
+            threshold=float(self.threshold_slider.value()),
+            method=provenance.get("method"),
+            model=provenance.get("model"),
+        )
 
     def export_mask(self, path) -> Path:
         """Write the binary lesion mask (uint8) as NIfTI on the scan's grid and affine."""

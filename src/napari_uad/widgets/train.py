@@ -29,6 +29,7 @@ from qtpy.QtWidgets import (
 )
 
 from ..device import DEVICE_CHOICES, available_devices
+from ..display import upright_affine
 
 NEW_MODEL = "new model"
 RESUME = "resume the run in the output folder"
@@ -275,11 +276,20 @@ class TrainWidget(QWidget):
     def _show_preview(self, preview: np.ndarray) -> None:
         rows, count, height, width = preview.shape
         tiles = preview.transpose(0, 2, 1, 3).reshape(rows * height, count * width)
+        # Upright on screen even when the camera shows scans in the radiological view.
+        upright = upright_affine(self.viewer)
         if PREVIEW_LAYER in self.viewer.layers:
-            self.viewer.layers[PREVIEW_LAYER].data = tiles
+            layer = self.viewer.layers[PREVIEW_LAYER]
+            layer.data = tiles
+            if not np.allclose(layer.affine.affine_matrix, upright):
+                layer.affine = upright
         else:
             self.viewer.add_image(
-                tiles, name=PREVIEW_LAYER, colormap="gray", contrast_limits=(0.0, 1.0)
+                tiles,
+                name=PREVIEW_LAYER,
+                colormap="gray",
+                contrast_limits=(0.0, 1.0),
+                affine=upright,
             )
 
     def _on_done(self, result) -> None:
