@@ -112,12 +112,17 @@ def main() -> None:
     ]
     for name, seconds, rate in rows:
         lines.append(f"| {name} | {seconds:.1f} | {f'{rate:.1f}' if rate else '-'} |")
+    sequential, parallel = results["sequential (--jobs 1)"], results["--jobs 2 (Dask)"]
     lines += [
         "",
-        f"The `--jobs 2` maps equal the sequential ones (largest difference {same:.2g}).",
-        "On 2 cores one process already uses both (torch's threads), so two workers of one "
-        "thread each gain little here; `--jobs` and `--scheduler` pay off with more cores, "
-        "several GPUs or a cluster (docs/cohorts.md).",
+        f"The `--jobs 2` maps equal the sequential ones (largest difference {same:.2g}). Two "
+        f"single-threaded workers take {parallel / sequential:.2f}x the sequential time on "
+        "these 2 cores (one process already uses both through torch's threads, and the Dask "
+        "workers start and load the model on their own); `--jobs` and `--scheduler` pay off "
+        "with more cores, several GPUs or a cluster (docs/cohorts.md). Dask's default "
+        "`MALLOC_TRIM_THRESHOLD_=65536` in its workers halved the networks' speed (12 s instead "
+        "of 6 s a scan on one thread); each task resets glibc's thresholds "
+        "(`napari_uad.cohort.task.relax_malloc_trim`).",
         "",
     ]
     args.out.mkdir(parents=True, exist_ok=True)

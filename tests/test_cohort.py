@@ -338,3 +338,15 @@ def test_slurm_example_builds_its_job_script(capsys):
     assert "#SBATCH --cpus-per-task=6" in script and "export NAPARI_UAD_THREADS=6" in script
     assert f"{sys.executable} -m distributed.cli.dask_worker" in script
     assert "--nthreads 1" in script
+
+
+def test_dask_malloc_trim_is_undone_only_where_dask_set_it(monkeypatch):
+    import platform
+
+    from napari_uad.cohort.task import relax_malloc_trim
+
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_", raising=False)
+    assert relax_malloc_trim() is False
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "65536")
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        assert relax_malloc_trim() is True
