@@ -60,9 +60,11 @@ SITE_KIND = "site"
 #: parameters but change the anomaly values (recorded under ``options``).
 RUN_OPTIONS = ("seed", "samples", "erode_brain", "batch_size")
 #: Arguments that make no sense for a calibration.
-_REFUSED = ("threshold", "slices", "min_size")
+_REFUSED = ("threshold", "slices", "min_size", "min_volume_mm3")
 #: Stems of what ``restore`` writes: not scans (skipped in folders, refused as files).
 RESTORE_OUTPUT_SUFFIXES = ("_healthy", "_anomaly", "_uncertainty")
+#: Provenance parameters of a run that are not the method's (left out of the record).
+_NOT_RECORDED = ("threshold", "threshold_source", "min_size", "min_volume_mm3", "brain_mask")
 #: A threshold no anomaly value reaches: the calibration runs skip lesion labelling.
 _NO_LESIONS = 1e30
 
@@ -500,8 +502,7 @@ def iter_calibrate_on_controls(
             parameters = {
                 k: v
                 for k, v in detection.provenance["parameters"].items()
-                if k not in (*RUN_OPTIONS, "threshold", "threshold_source", "min_size")
-                and k != "brain_mask"
+                if k not in (*RUN_OPTIONS, *_NOT_RECORDED)
             }
         figures.append(
             {
