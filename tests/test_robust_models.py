@@ -189,7 +189,7 @@ def test_model_names_cannot_leave_the_models_folders(tmp_path, monkeypatch, chec
 
 def test_a_folder_here_named_like_a_model_is_not_that_model(tmp_path, monkeypatch, checkpoint):
     """`restore --out disyre` then `--method disyre`: the output folder is not the model."""
-    from napari_uad.models.registry import default_model_name
+    from napari_uad.methods import default_model_name
 
     monkeypatch.setenv("NAPARI_UAD_MODELS", str(tmp_path / "models"))
     monkeypatch.chdir(tmp_path)

@@ -895,8 +895,8 @@ def _compare(args) -> int:
     from .figures import methods_figure
     from .io import nifti_stem, read_mask, read_scan, write_nifti
     from .io.atomic import atomic_write_text
-    from .methods.base import run_to_completion
     from .pipeline import parse_threshold
+    from .progress import run_to_completion
 
     methods = parse_methods(args.methods)
     models = {}

@@ -17,7 +17,7 @@ import numpy as np
 
 from .io.atomic import atomic_write_text
 from .methods import METHOD_NAMES
-from .methods.base import Progress, run_to_completion
+from .progress import Progress, run_to_completion
 
 #: Columns of the comparison table, in order.
 TABLE_COLUMNS = (

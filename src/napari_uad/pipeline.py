@@ -28,16 +28,10 @@ from .checks import (
 )
 from .io import InputError, Scan
 from .methods import get_method_class
-from .methods.base import (
-    Method,
-    Progress,
-    ProgressCallback,
-    StopCallback,
-    is_out_of_memory,
-    run_to_completion,
-)
+from .methods.base import Method, is_out_of_memory
 from .postprocess import binarise, erode_mask, lesion_summary, lesion_table, min_voxels
 from .preprocess import PreparedVolume, from_canonical, prepare_volume, to_canonical
+from .progress import Progress, ProgressCallback, StopCallback, run_to_completion
 
 
 @dataclass
@@ -99,8 +93,9 @@ def load_method(method: str, model=None, *, noise: str | None = None, device="au
         ``"auto"``, ``"cpu"``, ``"cuda"``, ``"mps"``.
     """
     from .device import resolve_device
+    from .methods import default_model_name
     from .models.checkpoint import CheckpointError
-    from .models.registry import default_model_name, resolve_model
+    from .models.registry import resolve_model
 
     method_class = get_method_class(method)
     try:

@@ -386,7 +386,7 @@ def calibrate_on_controls(
     :func:`iter_calibrate_on_controls` run to its end, calling ``progress`` with each
     :class:`CalibrationProgress`; takes the same arguments.
     """
-    from .methods.base import run_to_completion
+    from .progress import run_to_completion
 
     run = iter_calibrate_on_controls(
         scans,
@@ -449,8 +449,8 @@ def iter_calibrate_on_controls(
         threshold of the other controls.
     """
     from .io import read_mask, read_scan
-    from .methods.base import Cancelled
     from .pipeline import iter_detect, load_method
+    from .progress import Cancelled
 
     percentile = check_percentile(percentile)
     refused = sorted(set(params) & set(_REFUSED))

@@ -175,9 +175,9 @@ def _run_and_write(job: ScanJob, claim, progress, prepare_progress) -> dict:
     from .. import __version__
     from ..io import read_mask, read_scan, write_nifti
     from ..io.atomic import atomic_write_text
-    from ..methods.base import run_to_completion
     from ..pipeline import iter_detect
     from ..postprocess import lesions_to_csv
+    from ..progress import run_to_completion
 
     detect_args = dict(job.detect)
     detect_args["device"] = worker_device(detect_args.get("device", "auto"))

@@ -7,8 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-METHOD_NAMES = ("anoddpm", "addm", "autoddpm", "disyre", "madad", "thor")
-
+#: Method name -> (module of this package, class name); the one list of methods.
 _CLASSES = {
     "anoddpm": ("anoddpm", "AnoDDPM"),
     "addm": ("addm", "ADDM"),
@@ -17,6 +16,7 @@ _CLASSES = {
     "madad": ("madad", "MADAD"),
     "thor": ("thor", "THOR"),
 }
+METHOD_NAMES = tuple(_CLASSES)
 
 
 def get_method_class(name: str):
@@ -27,3 +27,21 @@ def get_method_class(name: str):
         )
     module, attribute = _CLASSES[name]
     return getattr(importlib.import_module(f".{module}", __name__), attribute)
+
+
+def default_model_name(method: str, *, noise: str | None = None) -> str:
+    """Name of the shipped model for a method (and noise type, for the DDPM-based methods).
+
+    Without a noise type ``anoddpm`` uses the Gaussian model, the better of the two shipped
+    ones on the benchmark (docs/benchmarks.md); ``autoddpm`` and ``thor`` run on the same
+    DDPMs.
+    """
+    if method == "anoddpm":
+        return f"anoddpm-{noise or 'gaussian'}"
+    try:
+        shipped = get_method_class(method).default_model
+    except ValueError:
+        shipped = None
+    if shipped == "anoddpm-gaussian" and noise == "simplex":
+        return "anoddpm-simplex"
+    return shipped or method

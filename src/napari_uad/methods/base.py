@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -17,29 +17,13 @@ import numpy as np
 import torch
 
 from ..device import inference_layout
-
-
-class Cancelled(Exception):
-    """Raised inside a method when its ``should_stop`` callback returns True."""
-
-
-@dataclass
-class Progress:
-    """One progress update: ``done`` of ``total`` network evaluations (batched).
-
-    ``preview`` holds the current clean-image estimate of the batch being processed,
-    (B, H, W) in [0, 1], with ``slice_ids`` its slice indices; None when previews are off.
-    """
-
-    done: int
-    total: int
-    message: str = ""
-    preview: np.ndarray | None = None
-    slice_ids: Sequence[int] | None = None
-
-
-ProgressCallback = Callable[[Progress], None]
-StopCallback = Callable[[], bool]
+from ..progress import (  # noqa: F401 - re-exported: the methods' progress API
+    Cancelled,
+    Progress,
+    ProgressCallback,
+    StopCallback,
+    run_to_completion,
+)
 
 
 @dataclass
@@ -444,18 +428,6 @@ def _empty_cache(device) -> None:
         torch.cuda.empty_cache()
     elif device.type == "mps" and hasattr(torch, "mps"):
         torch.mps.empty_cache()
-
-
-def run_to_completion(generator: Generator, progress: ProgressCallback | None = None):
-    """Drive a progress generator to its end, calling ``progress`` with each update; returns
-    the generator's return value."""
-    while True:
-        try:
-            update = next(generator)
-        except StopIteration as finished:
-            return finished.value
-        if progress is not None:
-            progress(update)
 
 
 def _slice_generator(seed: int, slice_id: int, device):

@@ -197,23 +197,3 @@ def _model_info(path: Path, source: str) -> ModelInfo:
         size_mb=round(size, 2),
         origin=str((config.training or {}).get("origin") or ""),
     )
-
-
-def default_model_name(method: str, *, noise: str | None = None) -> str:
-    """Name of the shipped model for a method (and noise type, for the DDPM-based methods).
-
-    Without a noise type ``anoddpm`` uses the Gaussian model, the better of the two shipped
-    ones on the benchmark (docs/benchmarks.md); ``autoddpm`` and ``thor`` run on the same
-    DDPMs.
-    """
-    if method == "anoddpm":
-        return f"anoddpm-{noise or 'gaussian'}"
-    from ..methods import get_method_class
-
-    try:
-        shipped = get_method_class(method).default_model
-    except ValueError:
-        shipped = None
-    if shipped == "anoddpm-gaussian" and noise == "simplex":
-        return "anoddpm-simplex"
-    return shipped or method

@@ -215,7 +215,7 @@ def bet_surface(
     upper = np.array(volume.shape, dtype=np.float64) - 1
     for iteration in range(p.iterations):
         if should_stop is not None and iteration % 50 == 0 and should_stop():
-            from ..methods.base import Cancelled
+            from ..progress import Cancelled
 
             raise Cancelled()
         normals = _vertex_normals(vertices, faces)

@@ -199,7 +199,7 @@ class _Steps:
 
     def start(self, name: str) -> None:
         if self.should_stop is not None and self.should_stop():
-            from ..methods.base import Cancelled
+            from ..progress import Cancelled
 
             raise Cancelled()
         if self.progress is not None:

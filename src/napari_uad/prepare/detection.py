@@ -99,6 +99,6 @@ def detect_prepared(scan: Scan, *, progress=None, **kwargs):
     >>> result = detect_prepared(read_scan("raw_T1w.nii.gz"), method="disyre")  # doctest: +SKIP
     >>> result.anomaly.shape == result.lesion_mask.shape  # the raw scan's grid  # doctest: +SKIP
     """
-    from ..methods.base import run_to_completion
+    from ..progress import run_to_completion
 
     return run_to_completion(iter_detect_prepared(scan, **kwargs), progress)

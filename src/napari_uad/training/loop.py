@@ -438,7 +438,7 @@ class Trainer(ABC):
 
     def run(self, progress: Callable[[TrainUpdate], None] | None = None, should_stop=None):
         """:meth:`iter_run` to the end, calling ``progress`` with each update."""
-        from ..methods.base import run_to_completion
+        from ..progress import run_to_completion
 
         return run_to_completion(self.iter_run(should_stop), progress)
 

@@ -45,8 +45,6 @@ from ._common import (
     show_error,
 )
 
-#: Every method napari-uad knows (docs/methods.md); those not implemented yet are greyed out.
-KNOWN_METHODS = ("anoddpm", "addm", "autoddpm", "disyre", "madad", "thor")
 PREVIEW_LAYER = "denoising preview"
 #: Seconds between two live previews: converting one costs a few ms on the main thread.
 PREVIEW_INTERVAL_S = 0.25
@@ -151,10 +149,9 @@ def method_availability() -> list[tuple[str, str | None]]:
     from ..methods import METHOD_NAMES, get_method_class
     from ..models.registry import list_models
 
-    names = list(METHOD_NAMES) + [m for m in KNOWN_METHODS if m not in METHOD_NAMES]
     models = list_models()
     out = []
-    for name in names:
+    for name in METHOD_NAMES:
         try:
             get_method_class(name)
         except (ValueError, ImportError):
@@ -353,7 +350,7 @@ def calibration_job(controls, kwargs: dict, out, *, overwrite=False, should_stop
     ``controls`` (yielding :class:`~napari_uad.site_calibration.CalibrationProgress`), saves
     the site model ``out``, and returns ``(calibration, folder)``; None when cancelled (no
     model is saved then)."""
-    from ..methods.base import Cancelled
+    from ..progress import Cancelled
     from ..site_calibration import iter_calibrate_on_controls
 
     try:
@@ -524,7 +521,8 @@ class DetectWidget(QWidget):
         return None if item.isEnabled() else item.toolTip()
 
     def _fill_models(self, keep=None) -> None:
-        from ..models.registry import default_model_name, list_models
+        from ..methods import default_model_name
+        from ..models.registry import list_models
 
         method = self.method_combo.currentData(Qt.ItemDataRole.UserRole)
         self.model_combo.blockSignals(True)
@@ -655,7 +653,7 @@ class DetectWidget(QWidget):
         """
         from napari.qt.threading import thread_worker
 
-        from ..models.registry import default_model_name
+        from ..methods import default_model_name
 
         if self.state is State.RUNNING:
             return

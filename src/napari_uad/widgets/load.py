@@ -687,7 +687,7 @@ class LoadScanWidget(QWidget):
         )
 
     def _prepare_failed(self, error: BaseException) -> None:
-        from ..methods.base import Cancelled
+        from ..progress import Cancelled
 
         if isinstance(error, Cancelled):
             return
