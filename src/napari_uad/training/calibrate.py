@@ -22,8 +22,8 @@ def calibrate_threshold(
         Method parameters (defaults: the model's defaults).
     """
     method = get_method_class(config.method)(model, config)
-    result = method.restore(slices, masks, seed=seed, **params)
-    return round(healthy_threshold(result.anomaly, percentile=percentile, mask=masks), 6)
+    entry = calibrate_method(method, slices, masks, percentile=percentile, seed=seed, **params)
+    return entry["threshold"]
 
 
 def calibrate_method(method, slices, masks, *, percentile: float = 99.5, seed: int = 0, **params):

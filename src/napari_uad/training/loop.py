@@ -535,21 +535,19 @@ class Trainer(ABC):
             method_class = get_method_class(self.config.method)
         except ValueError:
             return None
+        from .calibrate import calibrate_method
+
         model = self.ema.get("model", self.networks["model"])
         config = self.exported_config()
         method = method_class(model, config, device=self.device, **self._method_components())
-        result = method.restore(self.held_images, self.held_masks, seed=self.settings.seed)
-        from ..postprocess import healthy_threshold
-
-        percentile = self.settings.calibration_percentile
-        threshold = healthy_threshold(result.anomaly, percentile=percentile, mask=self.held_masks)
-        self.config.calibration = {
-            "threshold": round(float(threshold), 6),
-            "percentile": percentile,
-            "slices": int(len(self.held_images)),
-            "parameters": result.parameters,
-        }
-        return float(threshold)
+        self.config.calibration = calibrate_method(
+            method,
+            self.held_images,
+            self.held_masks,
+            percentile=self.settings.calibration_percentile,
+            seed=self.settings.seed,
+        )
+        return float(self.config.calibration["threshold"])
 
     def _method_components(self) -> dict[str, Any]:
         return {}
