@@ -50,3 +50,21 @@ def test_progress_api_is_one_object_wherever_it_is_imported():
 
     assert base.Cancelled is progress.Cancelled and base.Progress is progress.Progress
     assert base.run_to_completion is progress.run_to_completion
+
+
+def test_listed_models_carry_their_config(monkeypatch):
+    """list_models reads each config once; the Detect widget's model line reuses it."""
+    from napari_uad.models import checkpoint, registry
+    from napari_uad.widgets.detect import model_description
+
+    infos = registry.list_models()
+    assert infos and all(info.config is not None for info in infos)
+
+    def no_reads(*args, **kwargs):
+        raise AssertionError("config.json read again")
+
+    monkeypatch.setattr(checkpoint, "load_config", no_reads)
+    monkeypatch.setattr(registry, "load_config", no_reads)
+    for info in infos:
+        assert registry.model_config(info) is info.config
+        assert "unreadable" not in model_description(info, full=True)

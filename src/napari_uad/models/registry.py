@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from .checkpoint import _PICKLE_SUFFIXES, CONFIG_NAME, WEIGHTS_NAME, CheckpointError, load_config
 
@@ -47,6 +48,14 @@ class ModelInfo:
     #: Where the model came from when it was derived from another (``training["origin"]``,
     #: e.g. "site calibration of disyre (...)"), else "".
     origin: str = ""
+    #: The :class:`~napari_uad.models.config.ModelConfig` read when the model was listed
+    #: (None for a broken folder); :func:`model_config` reads it from disk when absent.
+    config: Any = field(default=None, compare=False, repr=False)
+
+
+def model_config(info: ModelInfo):
+    """A listed model's config: the one read by :func:`list_models`, else read from disk."""
+    return info.config if info.config is not None else load_config(info.path)
 
 
 def resolve_model(name_or_path) -> Path:
@@ -196,4 +205,5 @@ def _model_info(path: Path, source: str) -> ModelInfo:
         noise=config.diffusion.noise,
         size_mb=round(size, 2),
         origin=str((config.training or {}).get("origin") or ""),
+        config=config,
     )

@@ -175,10 +175,10 @@ def model_description(info, *, method: str | None = None, full: bool = False) ->
     """A line about a model for the widget: noise, grid, the calibrated threshold (``method``'s
     own when given) and, with ``full``, the training steps and where it was found."""
     from ..methods import get_method_class
-    from ..models.checkpoint import load_config
+    from ..models.registry import model_config
 
     try:
-        config = load_config(info.path)
+        config = model_config(info)
     except Exception as error:  # a broken model must not break the widget
         return f"unreadable model: {error_text(error)}"
     if method is None:
@@ -550,7 +550,7 @@ class DetectWidget(QWidget):
     def _on_model_changed(self, *_):
         """Show the model's description and load its defaults into the parameter fields."""
         from ..methods import get_method_class
-        from ..models.checkpoint import load_config
+        from ..models.registry import model_config
 
         info = self.model_combo.currentData(Qt.ItemDataRole.UserRole + 1)
         usable = info is not None
@@ -566,7 +566,7 @@ class DetectWidget(QWidget):
         self.model_label.setText(model_description(info, method=method))
         self.model_label.setToolTip(model_description(info, method=method, full=True))
         try:
-            config = load_config(info.path)
+            config = model_config(info)
             method_class = get_method_class(method)
             defaults = method_class.defaults_for_config(config)
         except Exception as error:
@@ -1104,6 +1104,7 @@ class DetectWidget(QWidget):
             grid=config.grid,
             noise=config.diffusion.noise,
             size_mb=0.0,
+            config=config,
         )
         self.model_combo.addItem(f"{config.name} ({path})", path)
         row = self.model_combo.count() - 1
