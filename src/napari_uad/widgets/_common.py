@@ -148,6 +148,29 @@ def show_info(message: str) -> None:
     _show_info(message)
 
 
+def show_warnings(notes) -> None:
+    """A napari warning notification per note."""
+    from napari.utils.notifications import show_warning
+
+    for note in notes:
+        show_warning(note)
+
+
+def layer_info(layer) -> dict:
+    """A layer's ``metadata["napari_uad"]`` (empty when it has none)."""
+    return (getattr(layer, "metadata", None) or {}).get(KEY) or {}
+
+
+def error_line(error: BaseException) -> str:
+    """One line for the user; errors other than bad input are named by their type."""
+    from ..io import InputError
+
+    text = str(error).strip().splitlines()
+    if isinstance(error, InputError) and text:
+        return text[0]
+    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
+
+
 def error_text(error: BaseException) -> str:
     """One line for the user: the message, without a traceback."""
     text = str(error).strip() or type(error).__name__

@@ -45,8 +45,12 @@ from ..cases import (
     open_cases,
 )
 from ..io.errors import InputError
+from ._common import error_line as _one_line
+from ._common import layer_info as _info
 from ._common import placement_of
-from .load import _info, _one_line, _show_error, _warn, add_case_layers, batched
+from ._common import show_error as _show_error
+from ._common import show_warnings as _warn
+from .load import add_case_layers, batched
 
 LOADER_ROLES = ("scan", "brain_mask", "truth", "slice_range")
 RESULT_ROLES = (

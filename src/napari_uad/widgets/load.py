@@ -44,15 +44,16 @@ from .._napari import outline_labels, truth_style
 from ..cases import LoadedCase, check_slice_range, scan_stem
 from ..display import apply_view_choice
 from ..io.errors import InputError
+from ._common import error_line as _one_line
+from ._common import layer_info as _info
 from ._common import placement_of
+from ._common import show_error as _show_error
+from ._common import show_info as _notify
+from ._common import show_warnings as _warn
 
 SCAN_FILTER = "Scans (*.nii *.nii.gz *.dcm);;All files (*)"
 MASK_FILTER = "NIfTI masks (*.nii *.nii.gz);;All files (*)"
 FRAME_COLOUR = "#ffd200"
-
-
-def _info(layer) -> dict[str, Any]:
-    return (getattr(layer, "metadata", None) or {}).get("napari_uad") or {}
 
 
 def layer_role(layer) -> str | None:
@@ -74,32 +75,6 @@ def companion_layers(viewer, scan_layer) -> dict[str, Any]:
         if layer.name != scan_layer.name and info.get("scan") == source and info.get("role"):
             found.setdefault(info["role"], layer)
     return found
-
-
-def _show_error(message: str) -> None:
-    from napari.utils.notifications import show_error
-
-    show_error(message)
-
-
-def _notify(message: str) -> None:
-    from napari.utils.notifications import show_info
-
-    show_info(message)
-
-
-def _warn(notes) -> None:
-    from napari.utils.notifications import show_warning
-
-    for note in notes:
-        show_warning(note)
-
-
-def _one_line(error: BaseException) -> str:
-    text = str(error).strip().splitlines()
-    if isinstance(error, InputError) and text:
-        return text[0]
-    return f"{type(error).__name__}: {text[0]}" if text else type(error).__name__
 
 
 def batched(viewer):

@@ -30,6 +30,8 @@ from qtpy.QtWidgets import (
 
 from ..device import DEVICE_CHOICES, available_devices
 from ..display import upright_affine
+from ._common import show_error as _notify_error
+from ._common import show_info as _notify_info
 
 NEW_MODEL = "new model"
 RESUME = "resume the run in the output folder"
@@ -349,15 +351,3 @@ def _duration(seconds: float) -> str:
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
     return f"{seconds / 3600:.1f} h"
-
-
-def _notify_error(message: str) -> None:
-    from napari.utils.notifications import show_error
-
-    show_error(message)
-
-
-def _notify_info(message: str) -> None:
-    from napari.utils.notifications import show_info
-
-    show_info(message)
