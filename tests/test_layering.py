@@ -68,3 +68,24 @@ def test_listed_models_carry_their_config(monkeypatch):
     for info in infos:
         assert registry.model_config(info) is info.config
         assert "unreadable" not in model_description(info, full=True)
+
+
+#: Modules outside widgets/ that talk to napari: the npe2 contributions, and the demo that opens
+#: the viewer (it also sizes the Qt window).
+NAPARI_FACING = {"_napari.py", "demo.py"}
+
+
+def test_only_widgets_and_the_napari_facing_modules_import_napari_or_qt():
+    offenders = {}
+    for path in PACKAGE.rglob("*.py"):
+        relative = path.relative_to(PACKAGE)
+        if relative.parts[0] == "widgets" or str(relative) in NAPARI_FACING:
+            continue
+        gui = sorted(
+            n
+            for n in _imports(path)
+            if n.split(".")[0] in ("napari", "qtpy", "PyQt5", "PyQt6", "PySide2", "PySide6")
+        )
+        if gui:
+            offenders[str(relative)] = gui
+    assert not offenders
