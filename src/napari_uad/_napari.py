@@ -17,6 +17,8 @@ from .display import apply_view_choice, from_display, placement, to_display
 from .io import InputError, Scan, nifti_stem, read_scan, write_nifti
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+#: The key of ``layer.metadata`` under which napari-uad keeps what it knows of a layer.
+METADATA_KEY = "napari_uad"
 
 
 def get_reader(path):
@@ -126,7 +128,7 @@ def scan_layer(
         "name": name,
         **placement(scan.affine, scan.data.shape),
         "metadata": {
-            "napari_uad": {
+            METADATA_KEY: {
                 "affine": scan.affine,
                 "header": scan.header,
                 "source": str(scan.source) if scan.source else None,
@@ -135,7 +137,7 @@ def scan_layer(
         },
     }
     if role is not None:
-        meta["metadata"]["napari_uad"]["role"] = role
+        meta["metadata"][METADATA_KEY]["role"] = role
     if is_mask:
         return data.astype(np.uint8), meta, "labels"
     low, high = np.percentile(data[data > 0], [0.5, 99.5]) if (data > 0).any() else (0, 1)
@@ -144,7 +146,7 @@ def scan_layer(
 
 
 def _write_layer(path: str, data, meta: dict, dtype) -> list[str]:
-    info = (meta.get("metadata") or {}).get("napari_uad")
+    info = (meta.get("metadata") or {}).get(METADATA_KEY)
     if info is None:
         raise ValueError(
             "this layer has no NIfTI geometry (it was not opened with napari-uad); "

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
+from .._napari import METADATA_KEY
 from ..display import from_display
 from ..io import Scan
 
-KEY = "napari_uad"
+KEY = METADATA_KEY
 
 
 def geometry(layer) -> dict | None:

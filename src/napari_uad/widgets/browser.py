@@ -45,9 +45,9 @@ from ..cases import (
     open_cases,
 )
 from ..io.errors import InputError
+from ._common import KEY, placement_of
 from ._common import error_line as _one_line
 from ._common import layer_info as _info
-from ._common import placement_of
 from ._common import show_error as _show_error
 from ._common import show_warnings as _warn
 from .load import add_case_layers, batched
@@ -124,7 +124,7 @@ def to_stored(layer) -> StoredLayer | None:
         for key, value in _info(layer).items()
         if key not in ("affine", "header", "source", "shape", "scan")
     }
-    extra = {key: value for key, value in layer.metadata.items() if key != "napari_uad"}
+    extra = {key: value for key, value in layer.metadata.items() if key != KEY}
     if extra:
         metadata["layer_metadata"] = extra
     return StoredLayer(
@@ -365,7 +365,7 @@ class CaseBrowserWidget(QWidget):
             layer = self.viewer.add_labels(
                 item.data,
                 name=item.name,
-                metadata={**extra, "napari_uad": info},
+                metadata={**extra, KEY: info},
                 **where,
                 **properties,
             )
@@ -374,7 +374,7 @@ class CaseBrowserWidget(QWidget):
             self.viewer.add_image(
                 item.data,
                 name=item.name,
-                metadata={**extra, "napari_uad": info},
+                metadata={**extra, KEY: info},
                 **where,
                 **properties,
             )

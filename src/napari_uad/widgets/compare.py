@@ -31,6 +31,7 @@ from qtpy.QtWidgets import (
 
 from ..display import from_display, to_display
 from ._common import (
+    KEY,
     current_slice,
     error_text,
     layer_metadata,
@@ -307,7 +308,7 @@ class CompareWidget(QWidget):
             metadata = layer_metadata(
                 outcome.scan, role="anomaly", provenance=run.detection.provenance
             )
-            metadata["napari_uad"]["threshold"] = float(run.detection.threshold)
+            metadata[KEY]["threshold"] = float(run.detection.threshold)
             if name in self.viewer.layers:
                 self.viewer.layers[name].data = data
                 self.viewer.layers[name].metadata = metadata

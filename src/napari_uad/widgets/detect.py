@@ -716,7 +716,7 @@ class DetectWidget(QWidget):
 
     def _loaded_scan_inputs(self, layer, params: DetectParams) -> dict:
         """Brain mask (as edited) and slice range of a scan opened with the Load scan widget."""
-        if layer.metadata.get("napari_uad", {}).get("role") != "scan":
+        if layer.metadata.get(KEY, {}).get("role") != "scan":
             return {}
         from .load import detection_inputs
 

@@ -44,9 +44,9 @@ from .._napari import outline_labels, truth_style
 from ..cases import LoadedCase, check_slice_range, scan_stem
 from ..display import apply_view_choice
 from ..io.errors import InputError
+from ._common import KEY, placement_of
 from ._common import error_line as _one_line
 from ._common import layer_info as _info
-from ._common import placement_of
 from ._common import show_error as _show_error
 from ._common import show_info as _notify
 from ._common import show_warnings as _warn
@@ -126,7 +126,7 @@ def add_case_layers(viewer, case: LoadedCase, *, name: str | None = None) -> dic
             viewer.layers.remove(layer)
 
     data, kwargs, _ = scan_layer(scan, name=stem, kind="image", role="scan")
-    kwargs["metadata"]["napari_uad"].update(
+    kwargs["metadata"][KEY].update(
         info=case.info.rows(),
         brain_mask=case.info.brain_mask,
         brain_slices=[int(k) for k in case.brain_slices],
@@ -142,14 +142,14 @@ def add_case_layers(viewer, case: LoadedCase, *, name: str | None = None) -> dic
         kind="labels",
         role="brain_mask",
     )
-    kwargs["metadata"]["napari_uad"]["scan"] = source
+    kwargs["metadata"][KEY]["scan"] = source
     layers["brain_mask"] = viewer.add_labels(data, opacity=0.35, visible=False, **kwargs)
 
     if case.truth is not None:
         data, kwargs, _ = scan_layer(
             scan.with_data(case.truth), name=f"{stem} truth", kind="labels", role="truth"
         )
-        kwargs["metadata"]["napari_uad"]["scan"] = source
+        kwargs["metadata"][KEY]["scan"] = source
         truth = viewer.add_labels(data, **truth_style(), **kwargs)
         outline_labels(truth)
         layers["truth"] = truth
@@ -201,7 +201,7 @@ def update_slice_frame(viewer, scan_layer):
             opacity=0.9,
             **placement_of(scan_layer),
             metadata={
-                "napari_uad": {
+                KEY: {
                     "role": "slice_range",
                     "scan": info.get("source"),
                     "range": [start, stop],
@@ -213,7 +213,7 @@ def update_slice_frame(viewer, scan_layer):
         return layer
     layer.data = []
     layer.add_rectangles(shapes, edge_color=FRAME_COLOUR, face_color="transparent", edge_width=1.5)
-    layer.metadata["napari_uad"]["range"] = [start, stop]
+    layer.metadata[KEY]["range"] = [start, stop]
     return layer
 
 
@@ -684,7 +684,7 @@ class LoadScanWidget(QWidget):
             kind="labels",
             role="brain_mask",
         )
-        kwargs["metadata"]["napari_uad"]["scan"] = info.get("source")
+        kwargs["metadata"][KEY]["scan"] = info.get("source")
         existing = companion_layers(self.viewer, layer).get("brain_mask")
         if existing is not None:
             existing.data = data
