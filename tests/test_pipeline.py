@@ -73,3 +73,27 @@ def test_erode_brain_silences_the_edge(tiny_model_dir, phantom_scan_files):
     np.testing.assert_allclose(eroded.anomaly[inner], plain.anomaly[inner])
     assert eroded.provenance["parameters"]["erode_brain"] == 2
     np.testing.assert_allclose(eroded.healthy, plain.healthy)  # restoration is not cropped
+
+
+def test_compare_scores_the_brain_detect_scores(tiny_model_dir):
+    """On a file stored (Z, Y, X), compare estimates the brain on the RAS+ volume like detect,
+    not on the file's axis order (where its hole filling would run on sagittal slices)."""
+    from napari_uad.compare import compare_methods
+    from napari_uad.io import Scan
+    from napari_uad.phantoms import make_brain
+    from napari_uad.preprocess import estimate_brain_mask
+
+    image, _ = make_brain((40, 44, 6), seed=8)
+    image[18:22, 20:24, :] = 0  # a channel through every slice: closed only in axial slices
+    stored = np.transpose(image * 800.0, (2, 1, 0)).astype(np.float32)
+    affine = np.array([[0, 0, 1.2, 0], [0, 1.2, 0, 0], [3.0, 0, 0, 0], [0, 0, 0, 1.0]])
+    scan = Scan(stored, affine)
+    assert not np.array_equal(
+        estimate_brain_mask(stored), np.transpose(estimate_brain_mask(image), (2, 1, 0))
+    ), "the phantom must tell the two grids apart"
+    common = dict(method="anoddpm", model=str(tiny_model_dir), device="cpu", steps=1)
+    alone = detect(scan, **common)
+    (run,) = compare_methods(
+        scan, ["anoddpm"], models={"anoddpm": str(tiny_model_dir)}, device="cpu", steps=1
+    ).runs
+    np.testing.assert_array_equal(run.detection.brain_mask, alone.brain_mask)

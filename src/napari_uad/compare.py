@@ -126,12 +126,13 @@ def iter_compare(
     """
     from .metrics import evaluate
     from .pipeline import iter_detect
-    from .preprocess import estimate_brain_mask
+    from .preprocess import estimate_scan_brain_mask
 
     models = models or {}
     params = params or {}
     if brain_mask is None:
-        brain_mask = estimate_brain_mask(scan.data)
+        # The brain Detect estimates: on the RAS+ volume, not the file's axis order.
+        brain_mask = estimate_scan_brain_mask(scan.data, scan.affine)
     if truth is not None:
         inside = np.asarray(truth, dtype=bool) & np.asarray(brain_mask, dtype=bool)
         if not inside.any() or inside.all():

@@ -111,6 +111,27 @@ def _spacing(affine: np.ndarray) -> tuple[float, float, float]:
     return tuple(float(s) for s in np.linalg.norm(np.asarray(affine)[:3, :3], axis=0))
 
 
+def estimate_scan_brain_mask(data: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """:func:`estimate_brain_mask` of a scan as detection computes it: on the RAS+ volume (so
+    its hole filling works on axial slices whatever the file's axis order), NaN and Inf as 0,
+    returned on the file's grid.
+
+    Parameters
+    ----------
+    data : (X, Y, Z) ndarray
+        The scan on its file grid.
+    affine : (4, 4) ndarray
+
+    Returns
+    -------
+    (X, Y, Z) bool ndarray
+    """
+    data = _check_3d(data, "scan data")
+    data = np.where(np.isfinite(data), data, 0)  # silently: detection warns about them
+    data_ras, orientation = to_canonical(data, affine)
+    return from_canonical(estimate_brain_mask(data_ras), orientation)
+
+
 def estimate_brain_mask(volume: np.ndarray, *, threshold: float | None = None) -> np.ndarray:
     """Estimate the brain (foreground) mask of a skull-stripped scan.
 
