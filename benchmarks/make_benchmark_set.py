@@ -10,7 +10,7 @@ another-looking brain by a *3-D* smooth random deformation and a global scaling 
 (training augments 2-D slices independently, with other seeds), a multiplicative bias field,
 a random gamma, and Rician scanner noise (2 % of white matter), cut to an axial slab at a
 random height through the ventricles. Each subject gets, from
-:func:`napari_uad.phantoms.add_lesions`, one volume per lesion kind:
+:func:`napari_uad.data.phantoms.add_lesions`, one volume per lesion kind:
 
 - ``tumour``: a bright heterogeneous mass with a dark core and a hyperintense oedema rim
   (the truth includes the oedema);
@@ -32,7 +32,7 @@ import nibabel as nib
 import numpy as np
 from scipy import ndimage
 
-from napari_uad.phantoms import add_lesions
+from napari_uad.data.phantoms import add_lesions
 
 KINDS = ("tumour", "ms", "stroke")
 SEED_OFFSET = 7_000  # subjects' seeds never overlap the training runs' (0..100)

@@ -8,7 +8,7 @@ figure ``docs/prepare_raw_to_heatmap.png``::
 
 Subjects are the MNI152 2009 template deformed in 3-D, rescaled, rotated, with gamma and noise
 (``make_benchmark_set.make_subject``, seeds apart from the training runs'), each wrapped in a
-synthetic head with scalp, skull, fat, eyes and neck (:mod:`napari_uad.head_phantom`). The
+synthetic head with scalp, skull, fat, eyes and neck (:mod:`napari_uad.data.head_phantom`). The
 brains are still template-derived, so the heatmap figures are optimistic about the models;
 what this measures is the preparation: brain mask Dice against the known brain, time, the
 input checks, and how stable the flagged volume of one healthy brain is across harmless
@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from napari_uad.head_phantom import make_head
+from napari_uad.data.head_phantom import make_head
 from napari_uad.io import Scan
 from napari_uad.pipeline import detect
 from napari_uad.prepare import PrepareOptions, prepare_scan
@@ -177,7 +177,7 @@ def main() -> None:
     ]
 
     # a tumour in the test subject's brain, in a biased raw head: the figure and its scores
-    from napari_uad.phantoms import add_lesions
+    from napari_uad.data.phantoms import add_lesions
 
     lesioned, truth_lesion = add_lesions(brain, mask, kind="tumour", seed=5, size=40)
     sick = make_head(lesioned, mask, seed=0, bias=0.2)
@@ -246,7 +246,7 @@ def _report(s) -> str:
     lines = [
         "# Preparing raw heads (`benchmarks/prepare_heads.py`)",
         "",
-        "Synthetic T1 heads (scalp, skull, fat, eyes, neck; `napari_uad.head_phantom`) around "
+        "Synthetic T1 heads (scalp, skull, fat, eyes, neck; `napari_uad.data.head_phantom`) around "
         "deformed MNI152 brains (template-derived brains: optimistic for the models, fair for "
         "the preparation), prepared with the defaults (crop, 1 mm, N4, BET, rigid alignment). "
         "One healthy test subject in five harmless variants. Site threshold: the "

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_uad.data.samples import sample_path
 from napari_uad.io import Scan, read_mask, read_scan
 from napari_uad.pipeline import detect
-from napari_uad.samples import sample_path
 
 #: Seconds allowed for one slice and for the 24-slice slab: anoddpm's own, then every other
 #: method's ("minutes, not hours" for a slab: we hold them to ten).

@@ -19,9 +19,9 @@ import time
 
 import torch
 
+from napari_uad.data.samples import sample_path
 from napari_uad.io import read_mask, read_scan
 from napari_uad.preprocess import prepare_volume
-from napari_uad.samples import sample_path
 from napari_uad.training.api import TRAINER_NAMES, create_trainer
 from napari_uad.training.dataset import slices_from_arrays
 

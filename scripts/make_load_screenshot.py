@@ -18,7 +18,7 @@ import numpy as np
 from qtpy.QtWidgets import QApplication
 
 from napari_uad.cases import ReviewState, default_results_folder
-from napari_uad.samples import sample_path
+from napari_uad.data.samples import sample_path
 from napari_uad.widgets.browser import CaseBrowserWidget
 from napari_uad.widgets.load import LoadScanWidget
 

@@ -3,7 +3,7 @@
 xvfb-run -a -s "-screen 0 1600x1000x24" \
         python scripts/make_prepare_screenshot.py docs/prepare_widget.png
 
-The raw scan is a synthetic T1 head (scalp, skull, eyes, neck; :mod:`napari_uad.head_phantom`)
+The raw scan is a synthetic T1 head (scalp, skull, eyes, neck; :mod:`napari_uad.data.head_phantom`)
 around the MNI152 brain shipped for alignment (2 mm), written as NIfTI in a temporary folder.
 The screenshot shows the raw head with the outline of the prepared brain's BET mask (the
 prepared brain itself is the layer above it, hidden).
@@ -21,7 +21,7 @@ import numpy as np
 from qtpy.QtWidgets import QApplication
 from scipy import ndimage
 
-from napari_uad.head_phantom import make_head
+from napari_uad.data.head_phantom import make_head
 from napari_uad.prepare.align import load_template
 from napari_uad.widgets.load import LoadScanWidget
 

@@ -15,7 +15,7 @@ Files written (all on one grid, with the template's affine restricted to the sla
   ``lesion_t1.nii.gz``, whose brightest lesion voxel is 1000);
 - ``lesion_t1.nii.gz``: the same slab with synthetic lesions (one tumour-like lesion of 30 mm
   in the left hemisphere, about 30 mL with its oedema, and five small MS-like lesions in the
-  white matter) from ``napari_uad.phantoms``. The tumour was 20 mm until the demo used this
+  white matter) from ``napari_uad.data.phantoms``. The tumour was 20 mm until the demo used this
   sample: that small a tumour is mostly its faint oedema rim, smaller than any tumour of the
   benchmark set (0.35-0.6 of the brain radius), and no shipped method found it;
 - ``lesion_truth.nii.gz``: the lesions' ground truth (uint8, 0/1);
@@ -39,7 +39,7 @@ from scipy import ndimage
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from napari_uad.phantoms import add_lesions  # noqa: E402
+from napari_uad.data.phantoms import add_lesions  # noqa: E402
 
 SLAB_Z_MM = (6.0, 29.0)
 MARGIN = 4

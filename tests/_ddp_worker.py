@@ -9,7 +9,7 @@ def train_rank(rank: int, world: int, port: int, folder: str, method: str) -> No
     import torch
     from safetensors.torch import save_file
 
-    from napari_uad.phantoms import make_dataset
+    from napari_uad.data.phantoms import make_dataset
     from napari_uad.training import distributed
     from napari_uad.training.api import create_trainer
     from napari_uad.training.dataset import slices_from_arrays

@@ -6,10 +6,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from napari_uad.data.phantoms import add_lesions, make_brain, make_dataset
 from napari_uad.models.checkpoint import save_checkpoint
 from napari_uad.models.config import DiffusionConfig, ModelConfig
 from napari_uad.models.unet import UNetConfig
-from napari_uad.phantoms import add_lesions, make_brain, make_dataset
 
 TINY_GRID = 32
 

@@ -2,8 +2,8 @@
 
 The checks run once per detection in :func:`napari_uad.pipeline.iter_detect`, so these tests
 go through the functions of :mod:`napari_uad.checks`, then ``detect()``, ``napari-uad restore``
-and the napari widgets. Heads come from :mod:`napari_uad.head_phantom` around
-:func:`napari_uad.phantoms.make_brain` brains of adult size, drawn at 3 mm and upsampled to
+and the napari widgets. Heads come from :mod:`napari_uad.data.head_phantom` around
+:func:`napari_uad.data.phantoms.make_brain` brains of adult size, drawn at 3 mm and upsampled to
 finer voxels (seconds, not the half minute a 1 mm brain takes).
 """
 
@@ -32,12 +32,12 @@ from napari_uad.checks import (
     trained_slices,
 )
 from napari_uad.cli import main
-from napari_uad.head_phantom import make_head
+from napari_uad.data.head_phantom import make_head
+from napari_uad.data.phantoms import make_brain
+from napari_uad.data.samples import sample_path
 from napari_uad.io import InputError, Scan, read_mask, read_scan
-from napari_uad.phantoms import make_brain
 from napari_uad.pipeline import detect
 from napari_uad.preprocess import canonical_affine, estimate_brain_mask, to_canonical
-from napari_uad.samples import sample_path
 
 #: An adult brain's bounding box (mm): make_brain fills it with about 0.9-1.0 L of brain.
 BRAIN_MM = (140.0, 170.0, 125.0)

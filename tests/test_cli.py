@@ -185,7 +185,7 @@ def test_import_is_light():
 @pytest.mark.parametrize("extra", [[], ["--noise", "simplex", "--steps", "2"]])
 def test_restore_the_sample_with_the_shipped_models(extra, tmp_path):
     """The README's example: the shipped default models on the shipped sample scan."""
-    from napari_uad.samples import sample_path
+    from napari_uad.data.samples import sample_path
 
     sample = sample_path("lesion")
     out = tmp_path / "out"

@@ -16,8 +16,8 @@ from napari_uad.cohort import collect_scans, find_bids_scans, read_scan_list
 from napari_uad.cohort.inputs import parse_entities
 from napari_uad.cohort.summary import GroupSummary, RunLog
 from napari_uad.cohort.task import gpu_index
+from napari_uad.data.phantoms import add_lesions, make_brain
 from napari_uad.io import InputError
-from napari_uad.phantoms import add_lesions, make_brain
 from napari_uad.postprocess import Lesion, lesion_summary, min_voxels
 
 from .conftest import LAS_AFFINE

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_uad import head_phantom as hp
-from napari_uad.phantoms import make_brain
+from napari_uad.data import head_phantom as hp
+from napari_uad.data.phantoms import make_brain
 
 SPACING = (3.0, 3.0, 3.0)
 

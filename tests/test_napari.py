@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from napari_uad._napari import get_reader, read_nifti_layers, sample_lesion
+from napari_uad.data.samples import sample_path
 from napari_uad.display import from_display, to_display
-from napari_uad.samples import sample_path
 
 
 def test_reader_keeps_geometry(phantom_scan_files):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_uad import phantoms
+from napari_uad.data import phantoms
 
 
 def test_make_brain_is_deterministic_and_seeded():

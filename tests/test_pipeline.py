@@ -79,8 +79,8 @@ def test_compare_scores_the_brain_detect_scores(tiny_model_dir):
     """On a file stored (Z, Y, X), compare estimates the brain on the RAS+ volume like detect,
     not on the file's axis order (where its hole filling would run on sagittal slices)."""
     from napari_uad.compare import compare_methods
+    from napari_uad.data.phantoms import make_brain
     from napari_uad.io import Scan
-    from napari_uad.phantoms import make_brain
     from napari_uad.preprocess import estimate_brain_mask
 
     image, _ = make_brain((40, 44, 6), seed=8)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from napari_uad.cli import main
-from napari_uad.head_phantom import make_head
+from napari_uad.data.head_phantom import make_head
+from napari_uad.data.phantoms import make_brain
 from napari_uad.io import InputError, Scan
-from napari_uad.phantoms import make_brain
 from napari_uad.prepare import PrepareOptions, prepare_scan
 from napari_uad.prepare.bet import bet_mask, icosphere, surface_to_mask
 from napari_uad.prepare.fov import head_box, head_mask
@@ -265,7 +265,7 @@ def test_prepare_command_writes_the_brain_and_its_masks(head, head_file, tmp_pat
 
 
 def test_prepare_command_refuses_a_slab(tmp_path, capsys):
-    from napari_uad.samples import sample_path
+    from napari_uad.data.samples import sample_path
 
     code = main(["prepare", str(sample_path("healthy")), "--out", str(tmp_path / "o")])
     assert code == 2

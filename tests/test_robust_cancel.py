@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from napari_uad.cli import main
+from napari_uad.data.phantoms import add_lesions, make_brain
 from napari_uad.io import Scan
 from napari_uad.methods.base import Cancelled
-from napari_uad.phantoms import add_lesions, make_brain
 from napari_uad.pipeline import detect, iter_detect, load_method
 
 

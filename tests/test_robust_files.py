@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from napari_uad.cli import main
+from napari_uad.data.phantoms import make_brain
 from napari_uad.io import InputError, read_scan, write_nifti
 from napari_uad.io import atomic as atomic_module
-from napari_uad.phantoms import make_brain
 
 OUTPUT_NAMES = [
     "napari-uad_log.tsv",

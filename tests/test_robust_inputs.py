@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from napari_uad.cli import main
+from napari_uad.data.phantoms import add_lesions, make_brain
 from napari_uad.io import InputError, Scan, read_scan, write_nifti
-from napari_uad.phantoms import add_lesions, make_brain
 from napari_uad.pipeline import detect
 
 

@@ -20,10 +20,10 @@ import torch
 from safetensors.torch import save_file
 
 from napari_uad.cli import main
+from napari_uad.data.phantoms import make_brain
 from napari_uad.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from napari_uad.models.registry import model_search_path, resolve_model
 from napari_uad.models.unet import UNet, UNetConfig
-from napari_uad.phantoms import make_brain
 
 from .conftest import tiny_config
 

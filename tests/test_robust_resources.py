@@ -24,10 +24,10 @@ import torch
 
 from napari_uad import pipeline
 from napari_uad.cli import main
+from napari_uad.data.phantoms import make_brain, make_dataset
 from napari_uad.io import InputError, Scan
 from napari_uad.methods.anoddpm import AnoDDPM
 from napari_uad.models.checkpoint import load_checkpoint
-from napari_uad.phantoms import make_brain, make_dataset
 
 
 class _SmallGPU(torch.nn.Module):

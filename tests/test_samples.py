@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from napari_uad.samples import SAMPLE_FILES, sample_path
+from napari_uad.data.samples import SAMPLE_FILES, sample_path
 
 nib = pytest.importorskip("nibabel")
 

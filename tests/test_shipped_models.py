@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 from safetensors import safe_open
 
+from napari_uad.data.samples import sample_path
 from napari_uad.io import read_mask, read_scan
 from napari_uad.methods import METHOD_NAMES, default_model_name, get_method_class
 from napari_uad.metrics import auroc
 from napari_uad.models.checkpoint import load_config
 from napari_uad.models.registry import resolve_model
 from napari_uad.pipeline import detect
-from napari_uad.samples import sample_path
 
 SHIPPED = ("anoddpm-gaussian", "anoddpm-simplex", "addm", "disyre", "madad")
 

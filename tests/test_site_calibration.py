@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 
 from napari_uad.cli import main
+from napari_uad.data.phantoms import make_brain
 from napari_uad.io import InputError, read_mask, read_scan
 from napari_uad.methods.base import Cancelled
 from napari_uad.models.checkpoint import load_config
 from napari_uad.models.registry import list_models
-from napari_uad.phantoms import make_brain
 from napari_uad.site_calibration import (
     SITE_KIND,
     calibrate_on_controls,

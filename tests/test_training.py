@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from napari_uad.data.phantoms import make_brain, make_dataset
 from napari_uad.io import InputError
 from napari_uad.models.checkpoint import CheckpointError, load_checkpoint, load_component
-from napari_uad.phantoms import make_brain, make_dataset
 from napari_uad.training import dataset as dataset_module
 from napari_uad.training.api import create_trainer, get_trainer_class
 from napari_uad.training.augment import AugmentConfig, augment_batch

@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from napari_uad.phantoms import make_brain
+from napari_uad.data.phantoms import make_brain
 from napari_uad.widgets.detect import DetectWidget, State
 from napari_uad.widgets.load import LoadScanWidget
 from napari_uad.widgets.train import TrainWidget

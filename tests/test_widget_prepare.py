@@ -6,8 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from napari_uad.head_phantom import make_head
-from napari_uad.phantoms import make_brain
+from napari_uad.data.head_phantom import make_head
+from napari_uad.data.phantoms import make_brain
 from napari_uad.prepare import PrepareOptions
 
 pytestmark = pytest.mark.gui

@@ -6,8 +6,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
+from napari_uad.data.phantoms import make_brain
 from napari_uad.models.checkpoint import load_config
-from napari_uad.phantoms import make_brain
 from napari_uad.training.state import STATE_NAME
 from napari_uad.widgets.train import PREVIEW_LAYER, RESUME, TrainWidget
 

@@ -202,7 +202,7 @@ def outline_labels(layer, width: int = 1) -> None:
 
 
 def _sample(name: str, label: str) -> list[tuple]:
-    from .samples import sample_path
+    from .data.samples import sample_path
 
     layers = [scan_layer(read_scan(sample_path(name)), name=label)]
     if name == "lesion":

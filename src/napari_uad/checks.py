@@ -15,7 +15,7 @@ No GUI code and no torch here: everything works on numpy arrays in RAS+ orientat
 :mod:`napari_uad.preprocess`).
 
 The thresholds below were set on, and the ranges in their comments measured on: 122 scans with
-skull (:func:`napari_uad.head_phantom.make_head` around adult-size ``make_brain`` brains, 3
+skull (:func:`napari_uad.data.head_phantom.make_head` around adult-size ``make_brain`` brains, 3
 seeds x 1, 1.5, 2, 3 mm and 1.2 x 1.2 x 3 mm voxels x zero or noisy air x no bias or 0.3, whole
 heads with neck and 24 mm slabs, and the MNI152 brain in a head), all warned; 103 skull-stripped
 ones (those brains, as float and int16, and with the head's own brain mask given; the small

@@ -46,10 +46,10 @@ def sample_thresholds(
     (float, float or None)
         The healthy sample's threshold, and the model's (None when it has none).
     """
+    from .data.samples import sample_path
     from .io import read_mask, read_scan
     from .pipeline import detect, load_method
     from .postprocess import healthy_threshold
-    from .samples import sample_path
 
     healthy = read_scan(sample_path("healthy"))
     brain = read_mask(sample_path("brain_mask"), like=healthy)
@@ -89,12 +89,12 @@ def _demo_files(*, out: Path, device: str) -> int:
     import numpy as np
     from tqdm.auto import tqdm
 
+    from .data.samples import sample_path
     from .figures import overview_figure
     from .io import read_mask, read_scan, write_nifti
     from .io.atomic import atomic_write_text
     from .metrics import evaluate
     from .pipeline import detect
-    from .samples import sample_path
 
     scan = read_scan(sample_path("lesion"))
     brain = read_mask(sample_path("brain_mask"), like=scan)

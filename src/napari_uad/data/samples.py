@@ -18,7 +18,7 @@ SAMPLE_FILES = {
     "brain_mask": "brain_mask.nii.gz",
 }
 
-_FOLDER = Path(__file__).resolve().parent / "sample_data"
+_FOLDER = Path(__file__).resolve().parents[1] / "sample_data"
 
 
 def sample_path(name: str) -> Path:

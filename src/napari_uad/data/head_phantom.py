@@ -1,6 +1,6 @@
 """Synthetic T1-weighted heads: scalp, skull, fat, eyes and neck around a skull-stripped brain.
 
-:func:`make_head` wraps any skull-stripped brain (a :func:`napari_uad.phantoms.make_brain`
+:func:`make_head` wraps any skull-stripped brain (a :func:`napari_uad.data.phantoms.make_brain`
 volume, or the MNI152 template brain) in the tissues a raw T1 scan still shows, so that skull
 stripping, neck cropping and the "is this scan skull-stripped?" input checks can be tested
 against a known brain mask.
