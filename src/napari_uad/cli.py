@@ -584,10 +584,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_input_error(error: Exception) -> bool:
-    from .io import InputError
-    from .models.checkpoint import CheckpointError
+    from .cohort.engine import is_input_error
 
-    return isinstance(error, (UsageError, InputError, CheckpointError, ValueError, OSError))
+    return isinstance(error, UsageError) or is_input_error(error)
 
 
 def _format_warning(message, category, filename, lineno, line=None):
@@ -728,8 +727,9 @@ def _restore_jobs(args, scans, bids: bool, threshold, params, prepare):
 def _finished_before(job, args) -> bool:
     """With --skip-existing: are the scan's outputs complete, from the same method and model?"""
     from .cohort.task import is_complete, read_provenance
+    from .outputs import LOCK_SUFFIX
 
-    if (job.folder / f".{job.lock_stem}.napari-uad.lock").exists() or not is_complete(job.paths):
+    if (job.folder / f".{job.lock_stem}{LOCK_SUFFIX}").exists() or not is_complete(job.paths):
         return False
     record = read_provenance(job.paths["provenance"])
     same_model = (
@@ -758,12 +758,10 @@ def _check_bids_out(out: Path, bids_root: Path) -> None:
             f"--out {out} is inside the input dataset: give a folder outside it or under "
             f"{root / 'derivatives'} (e.g. {root / 'derivatives' / 'napari-uad'})"
         )
-    description = out / "dataset_description.json"
-    if description.exists():
-        from .cohort.inputs import read_description
+    if (out / "dataset_description.json").exists():
+        from .cohort.inputs import made_by_napari_uad
 
-        generated = read_description(out).get("GeneratedBy") or []
-        if not any(isinstance(g, dict) and g.get("Name") == "napari-uad" for g in generated):
+        if not made_by_napari_uad(out):
             raise UsageError(
                 f"--out {out} holds another dataset (its dataset_description.json is not "
                 "napari-uad's): choose another folder"

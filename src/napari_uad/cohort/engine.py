@@ -186,11 +186,12 @@ def _record(row: dict, summary: GroupSummary, log: RunLog) -> None:
         log.write(row["scan"], "warning", message)
     log.write(row["scan"], row["status"], detail)
     error = row.get("exception")
-    if error is not None and not _is_input_error(error):
+    if error is not None and not is_input_error(error):
         log.write(row["scan"], "traceback", "".join(traceback.format_exception(error)))
 
 
-def _is_input_error(error: BaseException) -> bool:
+def is_input_error(error: BaseException) -> bool:
+    """Whether an error is the user's input (reported in one line), not a bug."""
     from ..io import InputError
     from ..models.checkpoint import CheckpointError
 

@@ -166,7 +166,7 @@ def _find_brain_mask(root: Path, scan: Path, entities: dict[str, str]) -> Path |
         folders += sorted(
             p / relative
             for p in derivatives.iterdir()
-            if (p / relative).is_dir() and not _made_by_us(p)
+            if (p / relative).is_dir() and not made_by_napari_uad(p)
         )
     for folder in folders:
         for candidate in sorted(folder.glob("*_mask.nii*")):
@@ -180,7 +180,8 @@ def _find_brain_mask(root: Path, scan: Path, entities: dict[str, str]) -> Path |
     return None
 
 
-def _made_by_us(folder: Path) -> bool:
+def made_by_napari_uad(folder) -> bool:
+    """Whether a dataset folder's ``dataset_description.json`` says napari-uad generated it."""
     generated = read_description(folder).get("GeneratedBy") or []
     return any(isinstance(g, dict) and g.get("Name") == "napari-uad" for g in generated)
 

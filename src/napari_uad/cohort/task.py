@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -272,7 +273,8 @@ def relax_malloc_trim() -> bool:
 def worker_device(device: str) -> str:
     """``device``, except that ``"auto"`` in a Dask worker on a several-GPU machine takes the
     worker's own GPU (worker n -> ``cuda:(n mod GPUs)``), so local GPU workers do not share one."""
-    if device != "auto":
+    # Not imported here unless Dask already is: a run in this process has no worker.
+    if device != "auto" or "distributed" not in sys.modules:
         return device
     try:
         from distributed import get_worker
