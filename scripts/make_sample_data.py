@@ -160,7 +160,7 @@ def build(out_dir: Path) -> dict:
     )
     away = brain_mask & ~ndimage.binary_dilation(tumour, iterations=6)
     lesioned, ms = add_lesions(
-        lesioned, away, kind="ms", count=MS_COUNT, seed=rng, size=MS_DIAMETER
+        lesioned, away, kind="bright", count=MS_COUNT, seed=rng, size=MS_DIAMETER
     )
     truth = tumour | ms
     lesioned /= HEADROOM

@@ -145,9 +145,25 @@ def tiny_addm_dir(tiny_trained, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def tiny_models(tiny_model_dir, tiny_addm_dir, tiny_disyre_dir, tiny_madad_dir):
-    """Model folder for each of the six methods (the DDPM serves three of them)."""
+def tiny_ensemble_dir(tiny_disyre_dir, tiny_addm_dir, tmp_path_factory):
+    """An ensemble of the tiny DISYRE and ADDM models, fitted on six healthy phantoms."""
+    from napari_uad.methods import get_method_class
+    from napari_uad.training.ensemble import ensemble_config, fit_ensemble, save_ensemble
+
+    data = make_dataset(6, size=TINY_GRID, seed=50)
+    folders = [("disyre", tiny_disyre_dir), ("addm", tiny_addm_dir)]
+    members = [get_method_class(m).from_checkpoint(f) for m, f in folders]
+    tables = fit_ensemble(members, data["images"], data["masks"], bins=4, smoothing=3)
+    config = ensemble_config("tiny-ensemble", folders, grid=TINY_GRID, smoothing=3)
+    folder = tmp_path_factory.mktemp("models") / "tiny-ensemble"
+    return save_ensemble(folder, config, tables)
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tiny_model_dir, tiny_addm_dir, tiny_disyre_dir, tiny_madad_dir, tiny_ensemble_dir):
+    """Model folder for each of the seven methods (the DDPM serves three of them)."""
     return {
+        "ensemble": tiny_ensemble_dir,
         "anoddpm": tiny_model_dir,
         "addm": tiny_addm_dir,
         "autoddpm": tiny_model_dir,

@@ -66,18 +66,61 @@ def test_each_lesion_kind_gives_truth_inside_the_brain(kind):
 
 def test_lesion_contrast_direction():
     image, mask = phantoms.make_brain((64, 64), seed=4)
-    bright, tumour = phantoms.add_lesions(image, mask, kind="ms", count=3, seed=0, size=5)
-    assert bright[tumour].mean() > image[tumour].mean()
+    bright, lesion = phantoms.add_lesions(image, mask, kind="bright", count=3, seed=0, size=5)
+    assert bright[lesion].mean() > image[lesion].mean()
+    # MS plaques look as they do on T1: darker than the white matter they replace.
+    plaques, ms = phantoms.add_lesions(image, mask, kind="ms", count=4, seed=0, size=6)
+    assert plaques[ms].mean() < image[ms].mean() - 0.05
     dark, stroke = phantoms.add_lesions(image, mask, kind="stroke", seed=0)
     assert dark[stroke].mean() < image[stroke].mean()
 
 
 def test_ms_lesions_are_separate_and_small():
     image, mask = phantoms.make_brain((64, 64), seed=0)
-    _, truth = phantoms.add_lesions(image, mask, kind="ms", count=4, seed=1)
+    _, truth = phantoms.add_lesions(image, mask, kind="ms", count=4, seed=1, size=6)
     labels, n = ndimage.label(truth, structure=np.ones((3, 3)))
     assert n == 4
     assert np.bincount(labels.ravel())[1:].max() <= 40
+
+
+def test_ms_plaques_by_default_are_many_and_partly_periventricular():
+    volume, mask = phantoms.make_brain((96, 96, 12), seed=2)
+    _, truth = phantoms.add_lesions(volume, mask, kind="ms", seed=5)
+    labels, n = ndimage.label(truth)
+    assert 6 <= n <= 12
+    # Ventricles: the dark voxels deep inside the brain.
+    depth = ndimage.distance_transform_edt(mask)
+    ventricles = (volume < 0.3) & mask & (depth > 8)
+    near = ndimage.binary_dilation(ventricles, iterations=5)
+    touching = {int(v) for v in np.unique(labels[near & truth]) if v}
+    assert 1 <= len(touching) < n
+
+
+def test_bright_lesion_by_default_is_one_of_4_to_9_voxels_radius():
+    volume, mask = phantoms.make_brain((96, 96, 24), seed=2)
+    _, truth = phantoms.add_lesions(volume, mask, kind="bright", seed=3)
+    labels, n = ndimage.label(truth)
+    assert n == 1
+    extent = max(np.ptp(np.nonzero(truth)[axis]) + 1 for axis in range(2))
+    assert 6 <= extent <= 28
+
+
+def test_mass_effect_pushes_the_tissue_around_a_tumour_and_keeps_its_truth():
+    volume, mask = phantoms.make_brain((80, 80, 10), seed=6)
+    centre = (40, 40, 5)
+    plain, truth = phantoms.add_lesions(volume, mask, kind="tumour", seed=2, size=18, center=centre)
+    pushed, same = phantoms.add_lesions(
+        volume, mask, kind="tumour", seed=2, size=18, center=centre, mass_effect=0.4
+    )
+    assert np.array_equal(truth, same)
+    changed = np.abs(pushed - plain) > 0.02
+    assert (changed & ~truth & mask).sum() > 50
+    offsets = zip(np.indices(volume.shape), centre, strict=True)
+    distance = np.sqrt(sum((g - c) ** 2 for g, c in offsets))
+    assert not (changed & (distance > 3.2 * 9 + 1)).any()
+    assert np.array_equal(pushed[~mask], volume[~mask])
+    with pytest.raises(ValueError, match="mass_effect"):
+        phantoms.add_lesions(volume, mask, kind="tumour", mass_effect=0.9)
 
 
 def test_add_lesions_in_3d_with_center():

@@ -19,7 +19,7 @@ from scipy import ndimage
 
 __all__ = ["add_lesions", "make_brain", "make_dataset", "LESION_KINDS"]
 
-LESION_KINDS = ("tumour", "ms", "stroke")
+LESION_KINDS = ("tumour", "ms", "bright", "stroke")
 
 _SUPERSAMPLE = 2
 
@@ -363,12 +363,12 @@ def _tumour(rng, ctx, centre, size):
     return box, core, target, (1 - core) * swelling, rho < 1.0 + oedema
 
 
-def _ms(rng, ctx, centre, size):
+def _ovoid(rng, ctx, centre, size, elongation):
     radius = 0.5 * size
     radii = (
         radius
         * np.r_[
-            rng.uniform(1.0, 1.5),
+            rng.uniform(*elongation),
             rng.uniform(0.6, 1.0),
             rng.uniform(0.6, 1.0, size=ctx["ndim"] - 2),
         ]
@@ -376,10 +376,49 @@ def _ms(rng, ctx, centre, size):
     reach = np.r_[[radii[:2].max()] * 2, radii[2:]]
     box = _box(centre, reach + 1, ctx["shape"])
     rho = _blob(rng, _coords(box, centre), radii, 0.0)
+    return box, radius, rho
+
+
+def _bright(rng, ctx, centre, size):
+    box, radius, rho = _ovoid(rng, ctx, centre, size, (1.0, 1.5))
     t = ctx["tissue"]
     alpha = _soft((1.0 - rho) * radius)
     target = t["wm"] * rng.uniform(1.15, 1.3)
     return box, alpha, target, 0.0, rho < 1.0
+
+
+def _ms(rng, ctx, centre, size):
+    """A T1-hypointense ovoid plaque: from halfway to grey matter down to below grey matter."""
+    box, radius, rho = _ovoid(rng, ctx, centre, size, (1.0, 1.8))
+    t = ctx["tissue"]
+    alpha = _soft((1.0 - rho) * radius)
+    target = t["wm"] - rng.uniform(0.5, 1.3) * (t["wm"] - t["gm"])
+    return box, alpha, max(target, t["csf"]), 0.0, rho < 1.0
+
+
+def _displace(out, mask, centre, radius, strength):
+    """Mass effect: push the tissue around ``centre`` outward (radial, smooth, invertible).
+
+    A voxel at distance r from the centre samples the image at r (1 - a exp(-(r / s)^2)) with
+    a = ``strength`` < 1 and s = 1.6 ``radius``: monotone in r, so no tissue folds over; nothing
+    moves beyond 3.2 ``radius``.
+    """
+    reach = 3.2 * radius
+    box = _box(centre, [reach] * out.ndim, out.shape)
+    offsets = _coords(box, centre)
+    grids = np.meshgrid(*[o.ravel() for o in offsets], indexing="ij")
+    r = np.sqrt(sum(g * g for g in grids))
+    # Tapered to exactly nothing at ``reach`` (where the Gaussian is below 2 % anyway).
+    taper = np.clip((reach - r) / (0.25 * reach), 0.0, 1.0)
+    shrink = 1.0 - strength * np.exp(-((r / (1.6 * radius)) ** 2)) * taper
+    source = [g * shrink + c for g, c in zip(grids, centre, strict=True)]
+    starts = [b.start for b in box]
+    source = [s_ - start for s_, start in zip(source, starts, strict=True)]
+    local = out[box]
+    moved = ndimage.map_coordinates(local, source, order=1, mode="nearest")
+    inside = ndimage.map_coordinates(mask[box].astype(np.float32), source, order=1) > 0.5
+    keep = mask[box] & inside
+    out[box] = np.where(keep, moved, local)
 
 
 def _stroke(rng, ctx, centre, size):
@@ -413,7 +452,17 @@ def _stroke(rng, ctx, centre, size):
     return box, alpha, target * texture, 0.0, margin > 0
 
 
-def add_lesions(image, brain_mask, *, kind="tumour", count=None, seed=0, size=None, center=None):
+def add_lesions(
+    image,
+    brain_mask,
+    *,
+    kind="tumour",
+    count=None,
+    seed=0,
+    size=None,
+    center=None,
+    mass_effect=0.0,
+):
     """Paint synthetic lesions into a brain image, with their ground truth.
 
     Intensities follow the tissue intensities of the image itself (cerebrospinal fluid, grey
@@ -428,24 +477,32 @@ def add_lesions(image, brain_mask, *, kind="tumour", count=None, seed=0, size=No
         Brain image (axial slices along the last axis); voxels assumed roughly isotropic.
     brain_mask : ndarray, same shape as ``image``
         Lesions are placed, and truth is set, only inside this mask.
-    kind : {'tumour', 'ms', 'stroke'}
+    kind : {'tumour', 'ms', 'bright', 'stroke'}
         ``'tumour'``: a bright heterogeneous blob (1.12-1.28 x white matter), often with a darker
         necrotic core, inside a mildly hyperintense oedema rim; the truth covers the whole
-        abnormal region, oedema included (like BraTS whole-tumour labels); no mass effect.
-        ``'ms'``: small hyperintense ovoid lesions (1.15-1.3 x white matter) in deep white
-        matter (away from the cortex).
+        abnormal region, oedema included (like BraTS whole-tumour labels).
+        ``'ms'``: small T1-*hypointense* ovoid plaques in white matter, as multiple sclerosis
+        lesions look on T1 (from halfway between white and grey matter down to below grey
+        matter), about half of them periventricular (touching the ventricles' rim).
+        ``'bright'``: small T1-bright ovoid lesions (1.15-1.3 x white matter) in deep white
+        matter (away from the cortex), like subacute haemorrhage or fat.
         ``'stroke'``: a hypointense wedge (between CSF and grey matter) with its base on the
         brain surface and its apex pointing inward.
     count : int, optional
-        Number of lesions; by default 1 for tumour and stroke, a random 3 to 6 for ms.
+        Number of lesions; by default 1 for tumour, bright and stroke, a random 6 to 12 for ms.
     seed : int or numpy.random.Generator
     size : float, optional
-        In voxels: tumour diameter (default 0.35-0.6 of the brain radius), largest ms lesion
-        diameter (default 6; each lesion 2 to ``size``), stroke wedge depth (default 0.35-0.55
-        of the brain radius).
+        In voxels: tumour diameter (default 0.35-0.6 of the brain radius); largest ms lesion
+        diameter (default 12; each lesion 4 to ``size``); bright lesion diameter (default 8 to
+        18; with ``size``, each lesion 2 to ``size``); stroke wedge depth (default 0.35-0.55 of
+        the brain radius).
     center : sequence of float, optional
         Voxel coordinates of the lesion centre (for stroke, a point near the brain surface where
         the wedge's base lies); only with ``count=1``. Drawn at random by default.
+    mass_effect : float
+        Tumour only: how far the tumour pushes the tissue around it outward before it is
+        painted, 0 (none, the default) to 0.6 (the tissue at the centre moves out by 60 % of
+        its distance; ventricles and sulci nearby are compressed).
 
     Returns
     -------
@@ -476,8 +533,10 @@ def add_lesions(image, brain_mask, *, kind="tumour", count=None, seed=0, size=No
     out = image.astype(np.float64)
     ndim = image.ndim
     if count is None:
-        count = int(rng.integers(3, 7)) if kind == "ms" else 1
+        count = int(rng.integers(6, 13)) if kind == "ms" else 1
     count = int(count)
+    if not 0 <= float(mass_effect) <= 0.6:
+        raise ValueError(f"mass_effect must lie in [0, 0.6], got {mass_effect}")
     if count < 1:
         raise ValueError(f"count must be at least 1, got {count}")
     if center is not None:
@@ -505,6 +564,12 @@ def add_lesions(image, brain_mask, *, kind="tumour", count=None, seed=0, size=No
     white = ctx["local"] > 0.5 * (t["gm"] + t["wm"])
     white = (ndimage.distance_transform_edt(white) >= 2.5) & (depth >= 0.2 * brain_radius)
     flat = white if np.count_nonzero(white) >= 100 else mask
+    if kind == "ms":
+        # Periventricular rim: non-CSF voxels 1-4 voxels from deep CSF (the ventricles).
+        fluid = (ctx["local"] < 0.5 * (t["csf"] + t["gm"])) & (depth >= 0.25 * brain_radius)
+        gap = ndimage.distance_transform_edt(~fluid) if fluid.any() else np.full(mask.shape, 99.0)
+        rim = mask & ~fluid & (gap >= 1.0) & (gap <= 4.0) & (ctx["local"] > t["gm"])
+        periventricular = rim if np.count_nonzero(rim) >= 20 else white
     residual = (out - ctx["local"])[flat]
     noise = 1.4826 * float(np.median(np.abs(residual - np.median(residual))))
     if kind == "stroke":
@@ -516,12 +581,22 @@ def add_lesions(image, brain_mask, *, kind="tumour", count=None, seed=0, size=No
             lesion_size = size if size is not None else brain_radius * rng.uniform(0.35, 0.6)
             fit = depth >= 0.35 * lesion_size
             where = center if center is not None else _pick(rng, fit & free, free)
+            if mass_effect > 0:
+                _displace(out, mask, where, 0.5 * lesion_size, float(mass_effect))
             box, alpha, target, extra, region = _tumour(rng, ctx, where, lesion_size)
         elif kind == "ms":
-            largest = 6.0 if size is None else float(size)
-            lesion_size = rng.uniform(min(2.0, largest), largest)
-            where = center if center is not None else _pick(rng, white & free, free)
+            largest = 12.0 if size is None else float(size)
+            lesion_size = rng.uniform(min(4.0, largest), largest)
+            near = periventricular if rng.random() < 0.5 else white
+            where = center if center is not None else _pick(rng, near & free, white & free)
             box, alpha, target, extra, region = _ms(rng, ctx, where, lesion_size)
+        elif kind == "bright":
+            if size is None:
+                lesion_size = rng.uniform(8.0, 18.0)
+            else:
+                lesion_size = rng.uniform(min(2.0, float(size)), float(size))
+            where = center if center is not None else _pick(rng, white & free, free)
+            box, alpha, target, extra, region = _bright(rng, ctx, where, lesion_size)
         else:
             lesion_size = size if size is not None else brain_radius * rng.uniform(0.35, 0.55)
             if center is not None:
@@ -573,7 +648,7 @@ def make_dataset(n, *, size=64, seed=0, lesion_kinds=None):
     size : int
         Slices are ``size x size``.
     seed : int or numpy.random.Generator
-    lesion_kinds : sequence of {'tumour', 'ms', 'stroke', None}, optional
+    lesion_kinds : sequence of {'tumour', 'ms', 'bright', 'stroke', None}, optional
         Lesion kind of each sample, cycled (``None`` keeps a sample healthy). Without it all
         samples are healthy.
 

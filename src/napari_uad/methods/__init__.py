@@ -13,6 +13,7 @@ _CLASSES = {
     "addm": ("addm", "ADDM"),
     "autoddpm": ("autoddpm", "AutoDDPM"),
     "disyre": ("disyre", "DISYRE"),
+    "ensemble": ("ensemble", "Ensemble"),
     "madad": ("madad", "MADAD"),
     "thor": ("thor", "THOR"),
 }

@@ -69,6 +69,25 @@ def save_checkpoint(
     return folder
 
 
+def save_tensors(folder, tensors: dict[str, torch.Tensor], config: ModelConfig) -> Path:
+    """Write ``config.json`` and a ``model.safetensors`` of plain named tensors (no network),
+    atomically: the form of models whose parameters are tables, such as an ensemble's.
+
+    Parameters
+    ----------
+    folder : path
+        Created if needed; existing files of the same names are replaced.
+    tensors : dict of str to tensor
+    config : ModelConfig
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    plain = {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
+    atomic_write(folder / WEIGHTS_NAME, lambda temp: _write_safetensors(temp, plain))
+    atomic_write_text(folder / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
+    return folder
+
+
 def _write_weights(path: Path, module: nn.Module, *, half: bool) -> None:
     tensors = {
         key: (value.half() if half and value.is_floating_point() else value)

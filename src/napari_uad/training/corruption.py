@@ -3,6 +3,9 @@
 - :func:`synthetic_anomalies`: DISYRE's forward process (Naval Marimont et al.): regions of a slice
   are replaced by a convex combination of the slice and a *foreign patch* from another healthy
   slice, under a soft random shape mask; the interpolation factor is the severity.
+- :func:`small_anomalies`: many small blobs darker or brighter than the tissue under them (1-5
+  pixels across on a 128 grid), laid over the DISYRE corruption so the restoration also learns
+  to remove lesions the size of MS plaques, of either polarity.
 - :func:`random_patch_masks`: MAD-AD's random masks: a grid of patches (sides drawn from
   {1, 2, 4, 8}) each masked with a probability drawn from U[0, 0.4].
 
@@ -31,6 +34,7 @@ def soft_shape_masks(
     min_radius: float = 0.04,
     max_radius: float = 0.25,
     softness: float = 0.35,
+    centres: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Random blob-shaped masks in [0, 1] with soft edges, centred inside the brain.
 
@@ -44,6 +48,8 @@ def soft_shape_masks(
         Shape radii as fractions of the slice side.
     softness : float
         Width of the soft edge as a fraction of the radius.
+    centres : (B, 1, H, W) tensor, optional
+        Non-negative weights of the pixels shapes are centred on (default: the brain).
 
     Returns
     -------
@@ -56,7 +62,7 @@ def soft_shape_masks(
     xs = torch.linspace(-1, 1, width, device=device)[None, :]
     masks = torch.zeros(batch, 1, height, width, device=device)
     # Centres: random brain pixels (inverse-CDF sampling over the flattened mask).
-    weights = brain.flatten(1) + 1e-6
+    weights = (brain if centres is None else centres.float() * brain).flatten(1) + 1e-6
     cumulative = torch.cumsum(weights / weights.sum(dim=1, keepdim=True), dim=1)
     count = 1 + (_rand(batch, generator, device) * max_shapes).long().clamp_max(max_shapes - 1)
     for shape in range(max_shapes):
@@ -145,6 +151,68 @@ def synthetic_anomalies(
     mask = shapes * severity.to(device).float()[:, None, None, None]
     corrupted = (1 - mask) * images + mask * foreign
     return corrupted.clamp(0, 1) * (brain > 0), mask
+
+
+def small_anomalies(
+    images: torch.Tensor,
+    brain: torch.Tensor,
+    severity: torch.Tensor,
+    *,
+    generator: torch.Generator | None = None,
+    max_shapes: int = 8,
+    min_radius: float = 0.008,
+    max_radius: float = 0.04,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Small hypo- or hyperintense blobs, mostly in bright (white-matter) tissue.
+
+    Each slice gets 1 to ``max_shapes`` blobs of radius ``min_radius``-``max_radius`` of the
+    slice side, all of one polarity per slice: darker (0.3-0.8 x the tissue under them, like
+    T1-hypointense MS plaques) or brighter (1.15-1.5 x, like T1-bright lesions). Centres favour
+    pixels above the slice's median brain intensity.
+
+    Parameters
+    ----------
+    images : (B, 1, H, W) tensor in [0, 1], background 0
+    brain : (B, 1, H, W) bool tensor
+    severity : (B,) tensor in [0, 1]
+        Blend factor towards the blob intensity.
+
+    Returns
+    -------
+    corrupted : (B, 1, H, W) tensor in [0, 1]
+    mask : (B, 1, H, W) tensor in [0, 1], the blob mask times the severity
+    """
+    batch = images.shape[0]
+    device = images.device
+    inside = brain > 0
+    median = torch.stack(
+        [
+            row[keep].median() if keep.any() else row.new_zeros(())
+            for row, keep in zip(images.flatten(1), inside.flatten(1), strict=True)
+        ]
+    ).view(-1, 1, 1, 1)
+    bright = (images > median) & inside
+    shapes = soft_shape_masks(
+        brain,
+        generator=generator,
+        max_shapes=max_shapes,
+        min_radius=min_radius,
+        max_radius=max_radius,
+        softness=0.5,
+        centres=1.0 + 9.0 * bright.float(),
+    )
+    darker = _rand(batch, generator, device) < 0.5
+    factor = torch.where(
+        darker,
+        0.3 + 0.5 * _rand(batch, generator, device),
+        1.15 + 0.35 * _rand(batch, generator, device),
+    ).view(-1, 1, 1, 1)
+    # The tissue level under each blob, from a blurred copy (a blob keeps no anatomy inside).
+    local = F.avg_pool2d(images, 5, stride=1, padding=2, count_include_pad=False)
+    target = (local * factor).clamp(0, 1)
+    mask = shapes * severity.to(device).float()[:, None, None, None]
+    corrupted = (1 - mask) * images + mask * target
+    return corrupted.clamp(0, 1) * inside, mask
 
 
 def random_patch_masks(

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from ..models.config import DiffusionConfig, ModelConfig
 from ..models.unet import UNet
-from .corruption import synthetic_anomalies
+from .corruption import small_anomalies, synthetic_anomalies
 from .ddpm import compact_unet
 from .loop import Trainer
 
@@ -32,7 +32,9 @@ class DISYRETrainer(Trainer):
 
     family = "disyre"
     method = "disyre"
-    OPTIONS = {"patch_size": None, "intensity_probability": 0.3}
+    #: ``small_probability``: share of slices that also get small hypo- or hyperintense blobs
+    #: (:func:`~napari_uad.training.corruption.small_anomalies`); 0 is the paper's corruption.
+    OPTIONS = {"patch_size": None, "intensity_probability": 0.3, "small_probability": 0.0}
 
     @classmethod
     def default_config(
@@ -59,13 +61,22 @@ class DISYRETrainer(Trainer):
     def corrupt(self, images: torch.Tensor, masks: torch.Tensor, t: torch.Tensor):
         """Corrupt a batch at timesteps ``t``; returns (corrupted, soft anomaly mask)."""
         severity = severity_of(t, self.config.diffusion.num_train_timesteps)
-        return synthetic_anomalies(
+        corrupted, mask = synthetic_anomalies(
             images,
             masks,
             severity,
             generator=self.generator,
             intensity_probability=self.options["intensity_probability"],
         )
+        share = float(self.options["small_probability"])
+        if share > 0:
+            small, small_mask = small_anomalies(
+                corrupted, masks, severity, generator=self.generator
+            )
+            chosen = (self.rand(len(images)) < share).view(-1, 1, 1, 1)
+            corrupted = torch.where(chosen, small, corrupted)
+            mask = torch.where(chosen, torch.maximum(mask, small_mask), mask)
+        return corrupted, mask
 
     def training_step(self, images, masks):
         patch = self.options["patch_size"]
