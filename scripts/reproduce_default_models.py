@@ -11,8 +11,9 @@ skipped and an interrupted ``napari-uad train`` run continues from its last chec
     python scripts/reproduce_default_models.py --models disyre,addm --threads 2
     python scripts/reproduce_default_models.py --dry-run            # print the commands
 
-The recipes are the ones in each model's card (docs/models.md); the defaults each model stores
-were chosen on docs/benchmarks.md.
+Retraining ``disyre`` or ``addm`` refits the ensemble that fuses them
+(``scripts/make_ensemble.py``) at the end. The recipes are the ones in each model's card
+(docs/models.md); the defaults each model stores were chosen on docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ SHIPPED_DEFAULTS = {
     "addm": {"noise_level": 25, "steps": 2, "smoothing": 9},
     "madad": {"sigma": 6.0},
 }
+#: Shipped models the shipped ensemble fuses (scripts/make_ensemble.py refits it after them).
+ENSEMBLE_MEMBERS = ("disyre", "addm")
 #: Components a shipped model leaves out (inference does not need them).
 NOT_SHIPPED = {"addm": ["discriminator"]}
 #: Methods calibrated on each shipped model.
@@ -198,6 +201,9 @@ def main():
         _run(ship, threads=None, dry_run=args.dry_run)
         calibrate = [PY, str(SCRIPTS / "calibrate_methods.py"), "--model", str(WEIGHTS / name)]
         _run([*calibrate, "--methods", CALIBRATE[name]], threads=None, dry_run=args.dry_run)
+    if set(chosen) & set(ENSEMBLE_MEMBERS):
+        # The ensemble's tables describe its members' maps: refit them after a member changed.
+        _run([PY, str(SCRIPTS / "make_ensemble.py")], threads=None, dry_run=args.dry_run)
     print("done: python scripts/write_model_cards.py rewrites docs/models.md")
 
 

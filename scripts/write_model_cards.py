@@ -11,6 +11,8 @@ WEIGHTS = ROOT / "src" / "napari_uad" / "weights"
 
 def card(folder: Path) -> str:
     config = json.loads((folder / "config.json").read_text())
+    if config["method"] == "ensemble":
+        return ensemble_card(folder, config)
     training = config.get("training", {})
     calibration = config.get("calibration", {})
     unet = config["unet"]
@@ -58,6 +60,39 @@ def card(folder: Path) -> str:
             )
         )
     rows += [(f"training: {k}", v) for k, v in training.items()]
+    lines = [f"## `{config['name']}`", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in rows]
+    return "\n".join(lines)
+
+
+def ensemble_card(folder: Path, config: dict) -> str:
+    """An ensemble has no network: its members, its rule and its fitted tables."""
+    training = config.get("training", {})
+    calibration = config.get("calibration", {})
+    members = ", ".join(
+        f"`{m['method']}` on model `{m['model']}`" for m in training.get("members", [])
+    )
+    size_kb = sum(f.stat().st_size for f in folder.glob("*.safetensors")) / 1e3
+    rows = [
+        ("method", "ensemble"),
+        ("members", members),
+        (
+            "rule",
+            "each member's raw map / its healthy spread in 10 bins of its pseudo-healthy "
+            "intensity, median filtered, / its healthy 99.5th percentile; then the "
+            f"{config.get('defaults', {}).get('rule', 'mean')} over members",
+        ),
+        ("tables", f"bin edges, spreads, scales: {size_kb:.1f} kB (`model.safetensors`)"),
+        ("grid", f"{config['grid']} x {config['grid']}"),
+        ("defaults", ", ".join(f"{k} = {v}" for k, v in config.get("defaults", {}).items())),
+        (
+            "calibrated threshold",
+            f"{calibration.get('threshold')} ({calibration.get('percentile')}th percentile of "
+            f"{calibration.get('data', 'healthy data')})",
+        ),
+        ("fitted on", training.get("data", "")),
+        ("recipe", training.get("recipe", "")),
+    ]
     lines = [f"## `{config['name']}`", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in rows]
     return "\n".join(lines)

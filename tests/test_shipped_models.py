@@ -14,6 +14,8 @@ from napari_uad.models.registry import resolve_model
 from napari_uad.pipeline import detect
 
 SHIPPED = ("anoddpm-gaussian", "anoddpm-simplex", "addm", "disyre", "madad")
+#: Shipped models without a network of their own (their tables fuse other models' maps).
+SHIPPED_TABLES = ("ensemble",)
 
 # Voxel AUROC on the lesion sample at each model's defaults, measured on the sample with its
 # 30 mm tumour (in brackets; docs/benchmarks.md has the benchmark set's figures), bars a few
@@ -26,6 +28,7 @@ SAMPLE_BARS = {
     ("disyre", "disyre"): 0.92,  # 0.948
     ("madad", "madad"): 0.66,  # 0.692
     ("thor", "anoddpm-gaussian"): 0.51,  # 0.534
+    ("ensemble", "ensemble"): 0.94,  # 0.963
 }
 
 
@@ -67,8 +70,23 @@ def test_each_shipped_model_is_small_float16_calibrated_and_loads(name):
 def test_every_method_has_a_shipped_model_it_accepts():
     for method in METHOD_NAMES:
         config = load_config(resolve_model(default_model_name(method)))
-        assert config.name in SHIPPED
+        assert config.name in SHIPPED + SHIPPED_TABLES
         assert get_method_class(method).accepts(config.method)
+
+
+def test_the_shipped_ensemble_is_tiny_calibrated_and_fits_the_shipped_members():
+    import warnings
+
+    folder = resolve_model("ensemble")
+    assert (folder / "model.safetensors").stat().st_size < 10_000
+    config = load_config(folder)
+    assert [m["model"] for m in config.training["members"]] == ["disyre", "addm"]
+    assert "recipe" in config.training
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a member's weights changed: refit the ensemble
+        ensemble = get_method_class("ensemble").from_checkpoint(folder)
+    assert ensemble.calibrated_threshold() > 0
+    assert [m.config.name for m in ensemble.members] == ["disyre", "addm"]
 
 
 @pytest.mark.parametrize(("method", "model"), list(SAMPLE_BARS))

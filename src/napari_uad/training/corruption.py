@@ -166,9 +166,10 @@ def small_anomalies(
     """Small hypo- or hyperintense blobs, mostly in bright (white-matter) tissue.
 
     Each slice gets 1 to ``max_shapes`` blobs of radius ``min_radius``-``max_radius`` of the
-    slice side, all of one polarity per slice: darker (0.3-0.8 x the tissue under them, like
-    T1-hypointense MS plaques) or brighter (1.15-1.5 x, like T1-bright lesions). Centres favour
-    pixels above the slice's median brain intensity.
+    slice side, all of one polarity per slice: darker (0.3-0.8 x the mean tissue level around
+    them, like T1-hypointense MS plaques) or brighter (1.15-1.5 x the brightest tissue around
+    them, like T1-bright lesions; at most 1). Centres favour pixels above the slice's median
+    brain intensity.
 
     Parameters
     ----------
@@ -207,9 +208,12 @@ def small_anomalies(
         0.3 + 0.5 * _rand(batch, generator, device),
         1.15 + 0.35 * _rand(batch, generator, device),
     ).view(-1, 1, 1, 1)
-    # The tissue level under each blob, from a blurred copy (a blob keeps no anatomy inside).
-    local = F.avg_pool2d(images, 5, stride=1, padding=2, count_include_pad=False)
-    target = (local * factor).clamp(0, 1)
+    # The blob level, from the tissue around it (a blob keeps no anatomy inside): darker
+    # blobs scale the neighbourhood's mean, brighter ones its maximum, so every pixel of a
+    # blob moves the slice's one way.
+    mean = F.avg_pool2d(images, 5, stride=1, padding=2, count_include_pad=False)
+    peak = F.max_pool2d(images, 5, stride=1, padding=2)
+    target = (torch.where(darker.view(-1, 1, 1, 1), mean, peak) * factor).clamp(0, 1)
     mask = shapes * severity.to(device).float()[:, None, None, None]
     corrupted = (1 - mask) * images + mask * target
     return corrupted.clamp(0, 1) * inside, mask

@@ -185,7 +185,12 @@ def model_description(info, *, method: str | None = None, full: bool = False) ->
         calibrated = config.calibration.get("threshold")
     else:
         calibrated = get_method_class(method).calibrated_threshold_of(config)
-    parts = [f"{info.noise} noise", f"{info.grid} px"]
+    members = (config.training or {}).get("members") if config.method == "ensemble" else None
+    if isinstance(members, list):
+        kind = "fuses " + " + ".join(str(m.get("method")) for m in members if isinstance(m, dict))
+    else:
+        kind = f"{info.noise} noise"
+    parts = [kind, f"{info.grid} px"]
     parts.append(f"threshold {calibrated:.3g}" if calibrated is not None else "not calibrated")
     if method is not None and calibrated is not None:
         from ..site_calibration import site_entry_of
