@@ -292,10 +292,10 @@ def plot(rows, path: Path) -> Path:
             if (r["method"], r["model"]) == (method, model)
         )
         ax.plot(*zip(*points, strict=True), marker="o", label=f"{method} ({model})")
-    for r in rows:
-        if r["method"] == "baseline":
-            ax.axhline(r["auroc"], color="grey", ls="--", label=f"no model: {r['model']}")
-    ax.axhline(0.5, color="lightgrey", ls=":", label="chance")
+    baselines = [r for r in rows if r["method"] == "baseline"]
+    for r, style in zip(baselines, ["--", "-.", ":"] * len(baselines), strict=False):
+        ax.axhline(r["auroc"], color="grey", ls=style, label=f"no model: {r['model']}")
+    ax.axhline(0.5, color="lightgrey", ls="-", lw=0.8, label="chance")
     ax.set_xscale("log")
     ax.set_xlabel("seconds per slice (CPU)")
     ax.set_ylabel("macro voxel AUROC over lesion kinds (test subjects)")
@@ -421,6 +421,13 @@ def main():
     )
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: all cores)")
     parser.add_argument(
+        "--merge",
+        type=Path,
+        metavar="PATH",
+        help="start from an earlier run's benchmarks.json (its baselines and method rows come "
+        "first; the speed targets then cover its methods too)",
+    )
+    parser.add_argument(
         "--from-json",
         type=Path,
         metavar="PATH",
@@ -448,7 +455,12 @@ def main():
     command = " ".join(["python benchmarks/run.py", *sys.argv[1:]])
     cases, kinds = load_set(args.data, args.subjects)
     print(" | ".join(columns(kinds)), flush=True)
-    rows = baseline_rows(cases, kinds)
+    if args.merge:
+        earlier = json.loads(args.merge.read_text())
+        rows = earlier["rows"]
+        command = f"{earlier['command']}; then {command}"
+    else:
+        rows = baseline_rows(cases, kinds)
     for row in rows:
         print(_format_row(row, kinds), flush=True)
     sweeps = QUICK if args.quick else SWEEPS
@@ -461,7 +473,8 @@ def main():
     targets = []
     if not args.no_targets:
         print("targets (current slice, 24-slice slab, 256x256x180 memory):", flush=True)
-        targets = target_rows(list(first_models), first_models, device=args.device)
+        methods = dict.fromkeys(r["method"] for r in rows if r["method"] != "baseline")
+        targets = target_rows(list(methods), first_models, device=args.device)
     counts = {split: sum(c["split"] == split for c in cases) for split in SPLITS}
     write_outputs(
         rows, args.out, command, counts, kinds, args.device, note=args.note, targets=targets

@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         choices=METHOD_NAMES,
         metavar="NAME",
-        help=f"one of {', '.join(METHOD_NAMES)} (disyre finds tumours best; docs/methods.md)",
+        help=f"one of {', '.join(METHOD_NAMES)} (ensemble is the best on the benchmark; "
+        "docs/methods.md)",
     )
     restore.add_argument(
         "--model", help="model name or checkpoint folder (default: the method's shipped model)"
