@@ -493,9 +493,10 @@ def add_lesions(
     seed : int or numpy.random.Generator
     size : float, optional
         In voxels: tumour diameter (default 0.35-0.6 of the brain radius); largest ms lesion
-        diameter (default 12; each lesion 4 to ``size``); bright lesion diameter (default 8 to
-        18; with ``size``, each lesion 2 to ``size``); stroke wedge depth (default 0.35-0.55 of
-        the brain radius).
+        diameter (default 12, or 0.3 of the brain radius on smaller brains; each lesion 4 to
+        ``size``; on a small brain fewer than ``count`` plaques when the white matter is full);
+        bright lesion diameter (default 8 to 18; with ``size``, each lesion 2 to ``size``);
+        stroke wedge depth (default 0.35-0.55 of the brain radius).
     center : sequence of float, optional
         Voxel coordinates of the lesion centre (for stroke, a point near the brain surface where
         the wedge's base lies); only with ``count=1``. Drawn at random by default.
@@ -585,9 +586,12 @@ def add_lesions(
                 _displace(out, mask, where, 0.5 * lesion_size, float(mass_effect))
             box, alpha, target, extra, region = _tumour(rng, ctx, where, lesion_size)
         elif kind == "ms":
-            largest = 12.0 if size is None else float(size)
+            # 12 voxels on an adult brain (radius about 70 voxels at 1 mm), less on a small one.
+            largest = min(12.0, max(3.0, 0.3 * brain_radius)) if size is None else float(size)
             lesion_size = rng.uniform(min(4.0, largest), largest)
             near = periventricular if rng.random() < 0.5 else white
+            if center is None and truth.any() and not (white & free).any():
+                break  # the plaques placed so far fill the white matter
             where = center if center is not None else _pick(rng, near & free, white & free)
             box, alpha, target, extra, region = _ms(rng, ctx, where, lesion_size)
         elif kind == "bright":
