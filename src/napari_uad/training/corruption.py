@@ -3,9 +3,9 @@
 - :func:`synthetic_anomalies`: DISYRE's forward process (Naval Marimont et al.): regions of a slice
   are replaced by a convex combination of the slice and a *foreign patch* from another healthy
   slice, under a soft random shape mask; the interpolation factor is the severity.
-- :func:`small_anomalies`: many small blobs darker or brighter than the tissue under them (1-5
-  pixels across on a 128 grid), laid over the DISYRE corruption so the restoration also learns
-  to remove lesions the size of MS plaques, of either polarity.
+- :func:`small_anomalies`: many small blobs darker or brighter than the tissue around them (1-5
+  pixels in radius on a 128 grid), laid over the DISYRE corruption so the restoration also
+  learns to remove lesions the size of MS plaques, of either polarity.
 - :func:`random_patch_masks`: MAD-AD's random masks: a grid of patches (sides drawn from
   {1, 2, 4, 8}) each masked with a probability drawn from U[0, 0.4].
 
