@@ -139,12 +139,16 @@ def _row(label, scored, extra) -> dict:
     return row
 
 
+def _scans(case, kinds) -> dict:
+    """A subject's scans by name: ``"healthy"`` and one per lesion kind."""
+    return {"healthy": case["healthy"], **{k: case["lesions"][k][0] for k in kinds}}
+
+
 def _baseline_maps(cases, kinds, score) -> dict:
     maps = {}
     for case in cases:
         brain = case["brain"]
-        scans = {"healthy": case["healthy"], **{k: case["lesions"][k][0] for k in kinds}}
-        for name, scan in scans.items():
+        for name, scan in _scans(case, kinds).items():
             normalised = normalise_intensity(scan.data, brain)
             maps[(case["name"], name)] = score(normalised, brain) * brain
     return maps
@@ -190,8 +194,7 @@ def method_rows(cases, kinds, method: str, model, sweep, device: str):
         maps = {}
         seconds, slices, nfe, used = 0.0, 0, None, {}
         for case in cases:
-            scans = {"healthy": case["healthy"], **{k: case["lesions"][k][0] for k in kinds}}
-            for name, scan in scans.items():
+            for name, scan in _scans(case, kinds).items():
                 result = detect(
                     scan,
                     method=method,

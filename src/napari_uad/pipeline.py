@@ -6,7 +6,6 @@ benchmarks all call :func:`detect` (or its generator form :func:`iter_detect`).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import time
 import warnings
@@ -116,7 +115,7 @@ def load_method(method: str, model=None, *, noise: str | None = None, device="au
 
 @lru_cache(maxsize=4)
 def _load_method_cached(method_class, path: str, stamp: int, device: str) -> LoadedMethod:
-    from .models.checkpoint import WEIGHTS_NAME, load_config
+    from .models.checkpoint import load_config, weights_sha256
 
     config = load_config(path)
     if not method_class.accepts(config.method):
@@ -126,7 +125,7 @@ def _load_method_cached(method_class, path: str, stamp: int, device: str) -> Loa
             stacklevel=3,
         )
     method_instance = method_class.from_checkpoint(path, device=device)
-    digest = hashlib.sha256(Path(path, WEIGHTS_NAME).read_bytes()).hexdigest()
+    digest = weights_sha256(path)
     return LoadedMethod(
         method=method_instance,
         model_name=config.name,

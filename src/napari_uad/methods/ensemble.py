@@ -23,7 +23,6 @@ fits them (:func:`napari_uad.training.ensemble.fit_ensemble`).
 
 from __future__ import annotations
 
-import hashlib
 import warnings
 from pathlib import Path
 from typing import Any
@@ -68,7 +67,7 @@ class Ensemble(Method):
     def from_checkpoint(cls, folder, *, device="cpu") -> Ensemble:
         """The ensemble of a model folder, with every member method loaded from its model."""
         from ..methods import get_method_class
-        from ..models.checkpoint import CheckpointError, load_config
+        from ..models.checkpoint import CheckpointError, load_config, weights_sha256
         from ..models.registry import resolve_model
 
         folder = Path(folder)
@@ -92,7 +91,7 @@ class Ensemble(Method):
                     f"{member.config.grid} grid, the ensemble on {config.grid}"
                 )
             recorded = entry.get("sha256")
-            if recorded and recorded != _sha256(path / "model.safetensors"):
+            if recorded and recorded != weights_sha256(path):
                 warnings.warn(
                     f"ensemble {config.name!r} was fitted to another {member.config.name!r} "
                     "model; refit it (scripts/make_ensemble.py) for calibrated scores",
@@ -128,9 +127,9 @@ class Ensemble(Method):
                 generator.set_state(state)
             steps = member._restore_batch(images, masks, self.member_params[index], generators)
             healthy, anomaly = yield from steps
-            normalised = anomaly / self.spread_at(index, healthy) * masks
-            if size > 1:
-                normalised = median_filter2d(normalised, size) * masks
+            normalised = normalised_map(
+                anomaly, healthy, masks, self.edges, self.spreads[index], size
+            )
             maps.append(normalised / self.scales[index])
             restored.append(healthy)
         stacked = torch.stack(maps)
@@ -142,6 +141,19 @@ class Ensemble(Method):
         return self.spreads[index][intensity_bins(healthy, self.edges)]
 
 
+def normalised_map(anomaly, healthy, masks, edges, spread, smoothing: int) -> torch.Tensor:
+    """A member's map in units of its healthy spread: ``anomaly`` divided by ``spread`` at the
+    bin of each pixel's pseudo-healthy intensity, then median filtered (``smoothing`` > 1).
+
+    All images are (B, 1, H, W) tensors; ``edges`` and ``spread`` are the fitted tables. Used
+    both to fit the tables and to apply them, so the two cannot drift apart.
+    """
+    normalised = anomaly / spread[intensity_bins(healthy, edges)] * masks
+    if smoothing > 1:
+        normalised = median_filter2d(normalised, smoothing) * masks
+    return normalised
+
+
 def intensity_bins(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     """Bin index of each value for bin ``edges`` (B + 1 increasing values); values outside
     fall into the first or last bin."""
@@ -151,15 +163,9 @@ def intensity_bins(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
 
 def load_tables(path: Path, members: int) -> dict[str, torch.Tensor]:
     """The fitted tables of an ensemble (``edges``, ``spread.<i>``, ``scale``), checked."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from ..models.checkpoint import CheckpointError, read_tensors
 
-    from ..models.checkpoint import CheckpointError
-
-    try:
-        tables = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{path} is not a valid safetensors file: {error}") from None
+    tables = read_tensors(path)
     needed = ["edges", "scale", *(f"spread.{i}" for i in range(members))]
     missing = [name for name in needed if name not in tables]
     if missing:
@@ -174,7 +180,3 @@ def load_tables(path: Path, members: int) -> dict[str, torch.Tensor]:
         if not torch.isfinite(values).all() or (name != "edges" and (values <= 0).any()):
             raise CheckpointError(f"{path}: {name} holds non-finite or non-positive values")
     return tables
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()

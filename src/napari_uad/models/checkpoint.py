@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -192,11 +193,21 @@ def load_component(folder, name: str, *, config: ModelConfig | None = None, devi
     return module.eval().to(device)
 
 
-def _load_weights(module: nn.Module, path: Path, folder: Path) -> None:
+def weights_sha256(folder) -> str:
+    """SHA-256 hex digest of a model folder's ``model.safetensors`` (provenance, refit checks)."""
+    return hashlib.sha256((Path(folder) / WEIGHTS_NAME).read_bytes()).hexdigest()
+
+
+def read_tensors(path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; a one-line ``CheckpointError`` when it is unreadable."""
     try:
-        tensors = load_file(str(path))
+        return load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
         raise CheckpointError(f"{path} is not a valid safetensors file: {error}") from None
+
+
+def _load_weights(module: nn.Module, path: Path, folder: Path) -> None:
+    tensors = read_tensors(path)
     expected = module.state_dict()
     missing = sorted(set(expected) - set(tensors))
     unexpected = sorted(set(tensors) - set(expected))

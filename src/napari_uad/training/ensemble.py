@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..methods.ensemble import intensity_bins
-from ..methods.filters import median_filter2d
-from ..models.checkpoint import WEIGHTS_NAME, save_tensors
+from ..methods.ensemble import intensity_bins, normalised_map
+from ..models.checkpoint import save_tensors, weights_sha256
 from ..models.config import DiffusionConfig, ModelConfig
 
 #: Percentile of a member's healthy scores, per intensity bin, taken as its spread there.
@@ -72,9 +70,9 @@ def fit_ensemble(
         spread = torch.where(torch.isnan(spread), spread.nan_to_num(0).max(), spread)
         spread = spread.clamp_min(1e-6)
         tables[f"spread.{index}"] = spread
-        normalised = (anomaly / spread[where]) * brain
-        if smoothing > 1:
-            normalised = median_filter2d(normalised[:, None], smoothing)[:, 0] * brain
+        normalised = normalised_map(
+            anomaly[:, None], healthy[:, None], brain[:, None], edges, spread, smoothing
+        )[:, 0]
         scales.append(max(float(np.percentile(normalised[brain].numpy(), percentile)), 1e-6))
     tables["scale"] = torch.tensor(scales, dtype=torch.float32)
     return tables
@@ -96,8 +94,9 @@ def ensemble_config(name: str, members, *, grid: int, smoothing: int = 9, rule: 
     listed = []
     for method, folder in members:
         folder = Path(folder).resolve()
-        digest = hashlib.sha256((folder / WEIGHTS_NAME).read_bytes()).hexdigest()
-        listed.append({"method": method, "model": _model_reference(folder), "sha256": digest})
+        listed.append(
+            {"method": method, "model": _model_reference(folder), "sha256": weights_sha256(folder)}
+        )
     return ModelConfig(
         name=name,
         method="ensemble",
